@@ -1,0 +1,1 @@
+"""pyvirt: libvirt-compatible virtualization for QEMU guests."""
