@@ -46,6 +46,18 @@ Address = PCIAddress | DriveAddress | VirtioSerialAddress
 
 
 @dataclass
+class USBAddress:
+    """``<address type='usb' bus='0' port='1'/>`` for USB input devices.
+
+    ``bus`` is the USB controller index; ``port`` is libvirt's port path (``"1"``; a
+    dotted path such as ``"1.2"`` would go through a hub, which pyvirt does not model).
+    """
+
+    bus: int = 0
+    port: str = "1"
+
+
+@dataclass
 class OSDef:
     type: str = "hvm"
     arch: str | None = None
@@ -190,6 +202,9 @@ class VideoDef:
     primary: bool | None = None
     address: PCIAddress | None = None
     alias: str | None = None
+    #: qxl only: ``ram`` and ``vgamem`` attributes of ``<model>`` (KiB)
+    ram: int | None = None
+    vgamem: int | None = None
 
 
 @dataclass
@@ -217,6 +232,8 @@ class InputDef:
     #: ps2, usb, virtio
     bus: str
     alias: str | None = None
+    #: usb bus: USBAddress; virtio bus: PCIAddress; ps2: always None
+    address: PCIAddress | USBAddress | None = None
 
 
 @dataclass

@@ -1,0 +1,283 @@
+"""Safe parsing of untrusted XML, and a strict element reader.
+
+Every document pyvirt parses may come from a remote client, so parsing refuses what a
+hostile sender could use against us, *before or while* the tree is built:
+
+* a DTD of any kind: without one there are no entity declarations, so no "billion
+  laughs" expansion and no external entities (XXE file reads, network fetches);
+* documents over :data:`MAX_XML_BYTES` (libvirt's ``REMOTE_STRING_MAX``, the largest
+  string its wire protocol carries anyway);
+* nesting deeper than :data:`MAX_DEPTH` or more than :data:`MAX_ELEMENTS` elements, so a
+  small document cannot make us allocate a huge tree.
+
+:class:`XNode` is the other half of "strict": parsers ask it for attributes and children
+by name, and it remembers what was asked for. :meth:`XNode.finish` then refuses whatever
+nobody read, so an element or attribute pyvirt does not implement is an error instead of
+being silently dropped.
+"""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from defusedxml import DefusedXmlException
+from defusedxml.ElementTree import DefusedXMLParser
+
+from pyvirt.errors import ConfigUnsupportedError, XMLError
+
+#: libvirt's REMOTE_STRING_MAX: no XML document can be larger on the wire
+MAX_XML_BYTES = 4 * 1024 * 1024
+#: a domain document is about 6 levels deep; anything near this is an attack
+MAX_DEPTH = 64
+#: a big real domain has a few thousand elements
+MAX_ELEMENTS = 100_000
+#: longest input excerpt quoted back in an error message
+_QUOTE_MAX = 80
+
+
+def quote(value: str) -> str:
+    """Make untrusted text safe to embed in a message: short, no control characters."""
+    short = value if len(value) <= _QUOTE_MAX else value[:_QUOTE_MAX] + "..."
+    return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in short)
+
+
+class _BoundedBuilder(ET.TreeBuilder):
+    """A TreeBuilder that aborts the parse as soon as the tree gets too deep or big."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._depth = 0
+        self._count = 0
+
+    def start(self, tag: Any, attrs: Any) -> ET.Element:
+        self._depth += 1
+        self._count += 1
+        if self._depth > MAX_DEPTH:
+            raise XMLError(f"XML document is nested deeper than {MAX_DEPTH} elements")
+        if self._count > MAX_ELEMENTS:
+            raise XMLError(f"XML document has more than {MAX_ELEMENTS} elements")
+        return super().start(tag, attrs)
+
+    def end(self, tag: Any) -> ET.Element:
+        self._depth -= 1
+        return super().end(tag)
+
+
+def _byte_size(text: str | bytes) -> int:
+    if isinstance(text, bytes):
+        return len(text)
+    # a str can be far bigger than its length once encoded; count before encoding all
+    if len(text) * 4 <= MAX_XML_BYTES:
+        return len(text)
+    return len(text.encode("utf-8", "surrogatepass"))
+
+
+def parse_xml_document(text: str | bytes, root_tag: str) -> ET.Element:
+    """Parse untrusted *text* whose root element must be *root_tag*."""
+    if not isinstance(text, str | bytes):
+        raise XMLError("XML document must be text")
+    if _byte_size(text) > MAX_XML_BYTES:
+        raise XMLError(f"XML document is larger than {MAX_XML_BYTES} bytes")
+    if not text.strip():
+        raise XMLError("failed to parse XML document: document is empty")
+    parser = DefusedXMLParser(
+        target=_BoundedBuilder(), forbid_dtd=True, forbid_entities=True, forbid_external=True
+    )
+    try:
+        parser.feed(text)
+        root: ET.Element = parser.close()
+    except DefusedXmlException as exc:
+        raise XMLError(
+            "failed to parse XML document: DTDs and entity declarations are not allowed "
+            f"({quote(str(exc))})"
+        ) from None
+    except ET.ParseError as exc:
+        raise XMLError(f"failed to parse XML document: {exc}") from None
+    except (UnicodeError, ValueError) as exc:
+        raise XMLError(f"failed to parse XML document: {quote(str(exc))}") from None
+    if root.tag != root_tag:
+        raise XMLError(f"expecting root element of '{root_tag}', not '{_display(root.tag)}'")
+    return root
+
+
+def _display(tag: str) -> str:
+    """ElementTree's ``{namespace}name`` → ``namespace:name``, quoted for messages."""
+    if tag.startswith("{"):
+        namespace, _, local = tag[1:].partition("}")
+        return quote(f"{namespace}:{local}")
+    return quote(tag)
+
+
+def _element_name(tag: str) -> str:
+    if tag.startswith("{"):
+        namespace, _, local = tag[1:].partition("}")
+        return f"element '{quote(local)}' in namespace '{quote(namespace)}'"
+    return f"element '{quote(tag)}'"
+
+
+def unsupported_element(tag: str, parent: str) -> ConfigUnsupportedError:
+    return ConfigUnsupportedError(f"{_element_name(tag)} is not supported (in <{parent}>)")
+
+
+# --- integers ----------------------------------------------------------------------------
+
+
+def parse_int(value: str, *, c_base: bool = False) -> int:
+    """Parse a decimal integer (or, with *c_base*, C ``strtol`` base-0 syntax).
+
+    libvirt reads PCI/drive address attributes with base 0, so ``0x1f`` is hex and a
+    leading ``0`` means octal; everything else is decimal. Raises ValueError.
+    """
+    s = value.strip()
+    negative = s.startswith("-")
+    digits = s[1:] if negative or s.startswith("+") else s
+    if not digits or not digits.replace("x", "").replace("X", "").isalnum():
+        raise ValueError(value)
+    if c_base and digits[:2].lower() == "0x":
+        number = int(digits[2:], 16)
+    elif c_base and len(digits) > 1 and digits[0] == "0":
+        number = int(digits[1:], 8)
+    else:
+        if not digits.isdigit() or not digits.isascii():
+            raise ValueError(value)
+        number = int(digits, 10)
+    return -number if negative else number
+
+
+@dataclass(frozen=True)
+class IntRange:
+    minimum: int = 0
+    maximum: int = 2**32 - 1
+    c_base: bool = False
+
+
+UINT = IntRange()
+POSITIVE = IntRange(minimum=1)
+
+
+# --- the strict element reader -------------------------------------------------------------
+
+
+class XNode:
+    """One element being parsed; remembers which attributes, children and text were read."""
+
+    def __init__(self, elem: ET.Element, parent_path: str = "") -> None:
+        self.elem = elem
+        self.tag: str = elem.tag
+        self.path = f"{parent_path}/{elem.tag}" if parent_path else elem.tag
+        self._read_attrs: set[str] = set()
+        self._text_read = False
+        self._children: dict[int, XNode] = {}
+        self._finished = False
+
+    # attributes
+    def attr(self, name: str) -> str | None:
+        self._read_attrs.add(name)
+        return self.elem.get(name)
+
+    def require(self, name: str) -> str:
+        value = self.attr(name)
+        if value is None:
+            raise XMLError(f"Missing required attribute '{name}' in element '{self.tag}'")
+        return value
+
+    def ignore(self, *names: str) -> None:
+        """Accept *names* without using them (runtime-only data such as a console's tty)."""
+        self._read_attrs.update(names)
+
+    def int_attr(self, name: str, limits: IntRange = UINT) -> int | None:
+        value = self.attr(name)
+        if value is None:
+            return None
+        return self._to_int(value, limits, f"attribute '{name}' in element '{self.tag}'")
+
+    def require_int(self, name: str, limits: IntRange = UINT) -> int:
+        value = self.int_attr(name, limits)
+        if value is None:
+            raise XMLError(f"Missing required attribute '{name}' in element '{self.tag}'")
+        return value
+
+    def yes_no(self, name: str) -> bool | None:
+        value = self.attr(name)
+        if value is None:
+            return None
+        if value not in ("yes", "no"):
+            raise XMLError(
+                f"Invalid value for attribute '{name}' in element '{self.tag}': "
+                f"'{quote(value)}'. Expected 'yes' or 'no'"
+            )
+        return value == "yes"
+
+    @staticmethod
+    def _to_int(value: str, limits: IntRange, where: str) -> int:
+        try:
+            number = parse_int(value, c_base=limits.c_base)
+        except ValueError:
+            number = None
+        if number is None or not limits.minimum <= number <= limits.maximum:
+            raise XMLError(f"Invalid value for {where}: '{quote(value)}'.")
+        return number
+
+    # text
+    def text(self) -> str | None:
+        """The element's text, ``None`` when empty (libvirt treats empty as absent)."""
+        self._text_read = True
+        return self.elem.text or None
+
+    def int_text(self, limits: IntRange = UINT) -> int:
+        text = self.text()
+        if text is None:
+            raise XMLError(f"Invalid value '' for element '{self.tag}'")
+        return self._to_int(text, limits, f"element '{self.tag}'")
+
+    # children
+    def _wrap(self, elem: ET.Element) -> XNode:
+        node = self._children.get(id(elem))
+        if node is None:
+            node = self._children[id(elem)] = XNode(elem, self.path)
+        return node
+
+    def children(self, tag: str) -> list[XNode]:
+        return [self._wrap(e) for e in self.elem if e.tag == tag]
+
+    def child(self, tag: str) -> XNode | None:
+        found = self.children(tag)
+        if len(found) > 1:
+            raise XMLError(f"element '{tag}' may appear only once in element '{self.tag}'")
+        return found[0] if found else None
+
+    def all_children(self) -> Iterator[XNode]:
+        for elem in self.elem:
+            yield self._wrap(elem)
+
+    def is_empty(self) -> bool:
+        return not self.elem.attrib and len(self.elem) == 0 and not _has_text(self.elem.text)
+
+    # the strictness check
+    def finish(self) -> None:
+        """Refuse everything in this subtree that no parser read."""
+        if self._finished:
+            return
+        self._finished = True
+        for name in self.elem.attrib:
+            if name not in self._read_attrs:
+                raise ConfigUnsupportedError(
+                    f"attribute '{quote(name)}' of element '{self.tag}' is not supported "
+                    f"(in <{self.path}>)"
+                )
+        if not self._text_read and _has_text(self.elem.text):
+            raise XMLError(f"unexpected text in element '{self.tag}'")
+        for elem in self.elem:
+            if _has_text(elem.tail):
+                raise XMLError(f"unexpected text in element '{self.tag}'")
+            node = self._children.get(id(elem))
+            if node is None:
+                raise unsupported_element(elem.tag, self.path)
+            node.finish()
+
+
+def _has_text(text: str | None) -> bool:
+    return bool(text and text.strip())

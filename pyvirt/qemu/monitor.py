@@ -1,0 +1,127 @@
+"""A domain's QMP monitor, through the ``qemu.qmp`` library.
+
+One :class:`Monitor` per running QEMU. It connects to the monitor socket (retrying while
+QEMU is still starting), executes commands with a timeout, forwards every QMP event (name,
+data, host timestamp) to a callback, and reports end-of-file once when QEMU goes away, so
+the driver learns of a dead QEMU from the monitor as libvirt does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from qemu.qmp import ConnectError, ExecuteError, QMPClient, QMPError, Runstate
+
+from pyvirt.errors import OperationFailedError, OperationTimeoutError, VirtError
+
+log = logging.getLogger(__name__)
+
+#: (event name, event data, host timestamp in seconds)
+EventCallback = Callable[[str, dict[str, Any], float], None]
+EofCallback = Callable[[], Awaitable[None]]
+
+DEFAULT_COMMAND_TIMEOUT_S = 60.0
+
+
+class MonitorError(OperationFailedError):
+    """QEMU answered a command with an error (class and description kept)."""
+
+    def __init__(self, command: str, error_class: str, desc: str) -> None:
+        super().__init__(f"QEMU command '{command}' failed: {desc}")
+        self.command = command
+        self.error_class = error_class
+        self.desc = desc
+
+
+class Monitor:
+    def __init__(self, name: str, on_event: EventCallback, on_eof: EofCallback) -> None:
+        self._qmp = QMPClient(name)
+        self._on_event = on_event
+        self._on_eof = on_eof
+        self._tasks: list[asyncio.Task[None]] = []
+        self._closing = False
+        self.name = name
+
+    @property
+    def connected(self) -> bool:
+        return self._qmp.runstate == Runstate.RUNNING
+
+    async def connect(
+        self, path: str, timeout: float, process_alive: Callable[[], bool]
+    ) -> None:
+        """Connect, retrying until QEMU listens, QEMU dies, or ``timeout`` passes."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            try:
+                await self._qmp.connect(path)
+                break
+            except ConnectError as exc:
+                if not process_alive():
+                    raise OperationFailedError(
+                        f"QEMU for '{self.name}' exited before its monitor came up"
+                    ) from exc
+                if loop.time() > deadline:
+                    raise OperationTimeoutError(
+                        f"QEMU monitor of '{self.name}' did not come up within {timeout:.0f} s"
+                    ) from exc
+                await asyncio.sleep(0.02)
+        self._tasks.append(asyncio.create_task(self._pump_events(), name=f"qmp-ev-{self.name}"))
+        self._tasks.append(asyncio.create_task(self._watch_eof(), name=f"qmp-eof-{self.name}"))
+
+    async def execute(
+        self, command: str, args: dict[str, Any] | None = None,
+        timeout: float = DEFAULT_COMMAND_TIMEOUT_S,
+    ) -> Any:
+        if not self.connected:
+            raise OperationFailedError(f"QEMU monitor of '{self.name}' is not connected")
+        try:
+            return await asyncio.wait_for(self._qmp.execute(command, args), timeout)
+        except ExecuteError as exc:
+            raise MonitorError(command, exc.error_class, str(exc)) from exc
+        except TimeoutError as exc:
+            raise OperationTimeoutError(
+                f"QEMU command '{command}' on '{self.name}' took longer than {timeout:.0f} s"
+            ) from exc
+        except (QMPError, OSError, EOFError) as exc:
+            raise OperationFailedError(
+                f"QEMU monitor of '{self.name}' failed during '{command}': {exc}"
+            ) from exc
+
+    async def close(self) -> None:
+        """Disconnect without reporting EOF (the driver is letting go, not QEMU dying)."""
+        self._closing = True
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks.clear()
+        with contextlib.suppress(QMPError, OSError, EOFError, Exception):
+            await self._qmp.disconnect()
+
+    async def _pump_events(self) -> None:
+        async for event in self._qmp.events:
+            stamp = event.get("timestamp", {})
+            when = float(stamp.get("seconds", 0)) + float(stamp.get("microseconds", 0)) / 1e6
+            try:
+                self._on_event(str(event["event"]), dict(event.get("data", {})), when)
+            except Exception:  # one bad handler must not stop the event stream
+                log.exception("[dom=%s] QMP event handler failed", self.name)
+
+    async def _watch_eof(self) -> None:
+        while self._qmp.runstate == Runstate.RUNNING:
+            await self._qmp.runstate_changed()
+        with contextlib.suppress(QMPError, OSError, EOFError, Exception):
+            await self._qmp.disconnect()
+        if not self._closing:
+            # Let queued events be delivered before the EOF handler tears state down.
+            await asyncio.sleep(0)
+            try:
+                await self._on_eof()
+            except VirtError as exc:
+                log.error("[dom=%s] handling monitor EOF failed: %s", self.name, exc)

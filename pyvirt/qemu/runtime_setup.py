@@ -1,0 +1,98 @@
+"""Runtime values of a starting domain, filled in the live definition.
+
+Before argv: display ports for autoport graphics, tap devices for bridged interfaces,
+socket paths for unix channels without one. After QEMU is up: the pty each serial got,
+the graphics passwords (set over QMP, never on the command line). All of it is recorded
+in the live XML, so a restarted daemon knows what to release.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+from pathlib import Path
+from typing import Any
+
+from pyvirt.conf.domain import CharDevDef, DomainDef
+from pyvirt.qemu import resources
+from pyvirt.qemu.domain_obj import DomainObj, RuntimeResources
+from pyvirt.qemu.monitor import Monitor
+from pyvirt.qemu.resources import PortAllocator
+
+
+def prepare_resources(obj: DomainObj, live: DomainDef, run_dir: Path,
+                      ports: PortAllocator) -> None:
+    for graphics in live.devices.graphics:
+        if graphics.port is None or graphics.port < 0:
+            graphics.port = ports.allocate(graphics.listen or "127.0.0.1")
+            obj.resources.graphics_ports.append(graphics.port)
+    for iface in live.devices.interfaces:
+        if iface.type == "bridge":
+            assert iface.source_bridge is not None
+            iface.target_dev = resources.create_tap(
+                iface.source_bridge, set(obj.resources.tap_devices))
+            obj.resources.tap_devices.append(iface.target_dev)
+    for channel in live.devices.channels:
+        if channel.type == "unix" and not channel.source_path:
+            target = channel.target_name or f"channel{live.devices.channels.index(channel)}"
+            channel.source_path = str(run_dir / target)
+            channel.source_mode = channel.source_mode or "bind"
+
+
+async def after_launch(obj: DomainObj, live: DomainDef, monitor: Monitor) -> None:
+    chardevs = await monitor.execute("query-chardev")
+    _record_pty_paths(live, chardevs)
+    for graphics in live.devices.graphics:
+        if graphics.passwd is not None:
+            await monitor.execute("set_password",
+                                  {"protocol": graphics.type, "password": graphics.passwd})
+
+
+def _record_pty_paths(live: DomainDef, chardevs: list[dict[str, Any]]) -> None:
+    by_label = {dev["label"]: dev["filename"] for dev in chardevs}
+    devices: list[tuple[str, CharDevDef]] = [
+        (f"charserial{i}", dev) for i, dev in enumerate(live.devices.serials)]
+    devices += [(f"charchannel{i}", dev) for i, dev in enumerate(live.devices.channels)]
+    devices += [(f"charconsole{i}", dev) for i, dev in enumerate(live.devices.consoles)]
+    for label, dev in devices:
+        filename = by_label.get(label, "")
+        if dev.type == "pty" and filename.startswith("pty:"):
+            dev.source_path = filename[len("pty:"):]
+    # A serial console mirrors serial 0: it shows the same pty.
+    for console in live.devices.consoles:
+        if console.target_type in (None, "serial") and live.devices.serials:
+            serial = live.devices.serials[console.target_port or 0]
+            if console.type == "pty":
+                console.source_path = serial.source_path
+
+
+def release_resources(obj: DomainObj, ports: PortAllocator) -> None:
+    for port in obj.resources.graphics_ports:
+        ports.release(port)
+    for tap in obj.resources.tap_devices:
+        resources.delete_tap(tap)
+    if obj.resources.run_dir is not None:
+        with contextlib.suppress(OSError):
+            shutil.rmtree(obj.resources.run_dir)
+    obj.resources = RuntimeResources()
+
+
+def resources_of(live: DomainDef, run_dir: Path, ports: PortAllocator) -> RuntimeResources:
+    """Rebuild the resource record of a reattached domain from its live XML."""
+    held = RuntimeResources(run_dir=run_dir)
+    for graphics in live.devices.graphics:
+        if graphics.autoport and graphics.port is not None and graphics.port > 0:
+            ports.reserve(graphics.port)
+            held.graphics_ports.append(graphics.port)
+    held.tap_devices = [iface.target_dev for iface in live.devices.interfaces
+                        if iface.type == "bridge" and iface.target_dev]
+    return held
+
+
+def release_resources_of(live: DomainDef, run_dir: Path) -> None:
+    """Clean up after a domain whose QEMU died while the daemon was away."""
+    for iface in live.devices.interfaces:
+        if iface.type == "bridge" and iface.target_dev:
+            resources.delete_tap(iface.target_dev)
+    with contextlib.suppress(OSError):
+        shutil.rmtree(run_dir)

@@ -1,0 +1,56 @@
+"""Settings of the QEMU driver: where it keeps things and which resources it may use.
+
+The daemon builds these from pyvirtd.conf and qemu.conf; tests build them directly with
+temporary directories. Kept separate from the config parser so the driver can run (and be
+tested) without a daemon.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class DriverSettings:
+    #: persistent definitions, autostart marks (libvirt: /etc/libvirt/qemu, /var/lib/libvirt/qemu)
+    state_dir: Path
+    #: runtime status of running domains, monitor sockets, pid files (a tmpfs on real hosts)
+    run_dir: Path
+    #: per-domain QEMU logs and serial logs
+    log_dir: Path
+    emulator: str = "/usr/bin/qemu-system-x86_64"
+    vnc_listen: str = "127.0.0.1"
+    spice_listen: str = "127.0.0.1"
+    remote_display_port_min: int = 5900
+    remote_display_port_max: int = 65535
+    #: seconds QEMU gets to exit on SIGTERM before SIGKILL (libvirt waits 10 s)
+    kill_grace_s: float = 10.0
+    #: seconds to wait for QEMU's monitor socket after spawning it
+    monitor_timeout_s: float = 30.0
+    #: seconds a caller waits for a domain's state-change lock (libvirt: 30 s)
+    job_wait_s: float = 30.0
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def config_dir(self) -> Path:
+        return self.state_dir / "qemu" / "config"
+
+    @property
+    def autostart_dir(self) -> Path:
+        return self.state_dir / "qemu" / "autostart"
+
+    @property
+    def status_dir(self) -> Path:
+        return self.run_dir / "qemu"
+
+    @property
+    def qemu_log_dir(self) -> Path:
+        return self.log_dir / "qemu"
+
+    def domain_run_dir(self, dom_id: int, name: str) -> Path:
+        return self.status_dir / f"domain-{dom_id}-{name}"
+
+    def ensure_dirs(self) -> None:
+        for path in (self.config_dir, self.autostart_dir, self.status_dir, self.qemu_log_dir):
+            path.mkdir(parents=True, exist_ok=True, mode=0o700)

@@ -1,0 +1,225 @@
+"""The core shared by client and server connections: one byte stream, two tasks.
+
+::
+
+    peer ──bytes──▶ reader task ──Packet──▶ _handle_packet()   (subclass: route by type)
+    peer ◀──bytes── writer task ◀──queue─── send()             (any task; serialised here)
+
+* The **reader task** reads whole packets (length checked before allocation) and hands
+  each to :meth:`PacketConnection._handle_packet`, one at a time.  A handler that awaits
+  (a full stream queue, a request cap) pauses reading: that is how TCP backpressure
+  reaches the peer.
+* The **writer task** is the only writer of the socket, so packets from concurrent
+  calls never interleave.  Its queue is bounded: a peer that stops reading eventually
+  blocks :meth:`send`.
+* A framing error, EOF or I/O error starts an orderly close: stop reading, flush what is
+  queued (bounded), close the transport, then :meth:`_on_closed` (fail pending calls,
+  abort streams).
+
+Runstate: IDLE → RUNNING → DISCONNECTING → CLOSED; never backwards (a connection object
+is used once, like a socket).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+import time
+from collections.abc import Iterator, MutableMapping
+from typing import Any
+
+from pyvirt.errors import ErrorCode, ErrorDomain, VirtError
+from pyvirt.rpc.packet import PACKET_MAX, FramingError, Header, Packet, encode_prefix, read_packet
+from pyvirt.rpc.stream import Stream, StreamKey
+
+log = logging.getLogger(__name__)
+
+#: how long close() waits for queued packets to reach the peer
+FLUSH_TIMEOUT = 2.0
+SEND_QUEUE_PACKETS = 64
+
+
+class Runstate(enum.Enum):
+    IDLE = "idle"
+    RUNNING = "running"
+    DISCONNECTING = "disconnecting"
+    CLOSED = "closed"
+
+
+class ConnectionClosedError(VirtError):
+    """The connection is gone (EOF, I/O error, keepalive timeout or local close)."""
+
+    code = ErrorCode.SYSTEM_ERROR
+    domain = ErrorDomain.RPC
+
+
+class ContextLog(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """Prefixes messages with the connection's context, e.g. ``[client 3 unix ro]``."""
+
+    def process(self, msg: Any, kwargs: MutableMapping[str, Any]) -> tuple[Any, Any]:
+        return f"[{self.extra['ctx'] if self.extra else '?'}] {msg}", kwargs
+
+
+class PacketConnection:
+    """Reader and writer tasks around a stream pair; subclasses route the packets."""
+
+    def __init__(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        *,
+        name: str,
+        max_packet: int = PACKET_MAX,
+    ) -> None:
+        self.name = name
+        self.log = ContextLog(log, {"ctx": name})
+        self.runstate = Runstate.IDLE
+        #: monotonic time of the last packet received (any packet proves the peer alive)
+        self.last_rx = time.monotonic()
+        self.close_reason: str | None = None
+        self._reader = reader
+        self._writer = writer
+        self._max_packet = max_packet
+        self._outq: asyncio.Queue[tuple[bytes, bytes | memoryview] | None] = asyncio.Queue(
+            SEND_QUEUE_PACKETS
+        )
+        self._tasks: list[asyncio.Task[None]] = []
+        self._close_task: asyncio.Task[None] | None = None
+        self._closed = asyncio.Event()
+        self._paused = 0
+        #: open data streams of this connection, by (prog, proc, serial)
+        self.streams: dict[StreamKey, Stream] = {}
+
+    # -- lifecycle ------------------------------------------------------------------------
+    def start(self) -> None:
+        if self.runstate is not Runstate.IDLE:
+            raise RuntimeError(f"{self.name}: start() in state {self.runstate.value}")
+        self.runstate = Runstate.RUNNING
+        self._tasks = [
+            asyncio.create_task(self._reader_loop(), name=f"{self.name} reader"),
+            asyncio.create_task(self._writer_loop(), name=f"{self.name} writer"),
+        ]
+
+    @property
+    def is_running(self) -> bool:
+        return self.runstate is Runstate.RUNNING
+
+    def abort(self, reason: str) -> None:
+        """Start closing without waiting; safe from any task, including the reader."""
+        if self.runstate in (Runstate.DISCONNECTING, Runstate.CLOSED):
+            return
+        if self.runstate is Runstate.IDLE:
+            self.runstate = Runstate.CLOSED
+            self.close_reason = reason
+            self._closed.set()
+            return
+        self.runstate = Runstate.DISCONNECTING
+        self.close_reason = reason
+        self._close_task = asyncio.create_task(self._shutdown(), name=f"{self.name} close")
+
+    async def close(self, reason: str = "closed locally") -> None:
+        """Close and wait until done.  Do not await this from a packet handler."""
+        self.abort(reason)
+        await self.wait_closed()
+
+    async def wait_closed(self) -> None:
+        await self._closed.wait()
+
+    async def _shutdown(self) -> None:
+        reader_task, writer_task = self._tasks
+        reader_task.cancel()
+        with contextlib.suppress(asyncio.QueueFull):
+            self._outq.put_nowait(None)  # writer: flush the queue, then stop
+        done, _ = await asyncio.wait([writer_task], timeout=FLUSH_TIMEOUT)
+        if not done:
+            writer_task.cancel()
+        await asyncio.gather(reader_task, writer_task, return_exceptions=True)
+        self._writer.close()
+        with contextlib.suppress(OSError, asyncio.TimeoutError):
+            await asyncio.wait_for(self._writer.wait_closed(), FLUSH_TIMEOUT)
+        self.runstate = Runstate.CLOSED
+        self.log.debug("closed: %s", self.close_reason)
+        for stream in list(self.streams.values()):
+            stream.connection_lost(self.close_reason or "closed")
+        try:
+            await self._on_closed()
+        finally:
+            self._closed.set()
+
+    # -- sending ----------------------------------------------------------------------------
+    async def send(self, header: Header, payload: bytes | memoryview = b"") -> None:
+        """Queue one packet for the writer task; waits while the queue is full."""
+        if self.runstate is not Runstate.RUNNING:
+            raise ConnectionClosedError(f"connection closed: {self.close_reason or 'not open'}")
+        await self._outq.put((encode_prefix(header, len(payload)), payload))
+
+    async def _writer_loop(self) -> None:
+        try:
+            while (item := await self._outq.get()) is not None:
+                prefix, payload = item
+                self._writer.write(prefix)
+                if payload:
+                    self._writer.write(payload)
+                await self._writer.drain()
+        except (ConnectionError, OSError) as exc:
+            self.abort(f"write failed: {exc}")
+
+    # -- receiving --------------------------------------------------------------------------
+    async def _reader_loop(self) -> None:
+        reason = "end of stream"
+        try:
+            while (packet := await read_packet(self._reader, self._max_packet)) is not None:
+                self.last_rx = time.monotonic()
+                await self._handle_packet(packet)
+        except FramingError as exc:
+            self.log.warning("malformed packet, closing: %s", exc)
+            reason = f"framing error: {exc}"
+        except (ConnectionError, OSError) as exc:
+            reason = f"read failed: {exc}"
+        except Exception as exc:  # a bug in a handler must not leave the peer hanging
+            self.log.error("packet handler failed, closing: %s", exc)
+            self.log.debug("packet handler traceback", exc_info=True)
+            reason = f"internal error: {exc}"
+        self.abort(reason)
+
+    @contextlib.contextmanager
+    def reading_paused(self) -> Iterator[None]:
+        """Mark that the reader is deliberately not reading (a cap or a full stream)."""
+        self._paused += 1
+        try:
+            yield
+        finally:
+            self._paused -= 1
+
+    @property
+    def is_reading_paused(self) -> bool:
+        return self._paused > 0
+
+    async def _handle_packet(self, packet: Packet) -> None:
+        raise NotImplementedError
+
+    # -- streams --------------------------------------------------------------------------
+    def new_stream(self, call: Header) -> Stream:
+        """Register a stream for ``call`` (before the call's packets can arrive)."""
+        stream = Stream(self, call, on_done=self._forget_stream)
+        if stream.key in self.streams:
+            raise RuntimeError(f"{self.name}: duplicate stream {stream!r}")
+        self.streams[stream.key] = stream
+        return stream
+
+    def _forget_stream(self, stream: Stream) -> None:
+        if self.streams.get(stream.key) is stream:
+            del self.streams[stream.key]
+
+    async def _route_stream(self, packet: Packet) -> bool:
+        hdr = packet.header
+        stream = self.streams.get((hdr.prog, hdr.proc, hdr.serial))
+        if stream is None:
+            return False
+        await stream.on_packet(packet)
+        return True
+
+    async def _on_closed(self) -> None:
+        """Called once, after the transport is closed."""

@@ -1,0 +1,89 @@
+"""Shared fixtures: driver settings in temporary directories, drivers that clean up."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+if TYPE_CHECKING:
+    from pyvirt.qemu.driver import QemuDriver
+    from pyvirt.qemu.settings import DriverSettings
+
+FAKE_QEMU = str(Path(__file__).parent / "fakes" / "fake_qemu.py")
+
+DriverFactory = Callable[..., "QemuDriver"]
+
+
+def make_settings(root: Path, emulator: str = "/usr/bin/qemu-system-x86_64",
+                  **overrides: Any) -> DriverSettings:
+    from pyvirt.qemu.settings import DriverSettings
+
+    base: dict[str, Any] = {
+        "state_dir": root / "state", "run_dir": root / "run", "log_dir": root / "log",
+        "emulator": emulator,
+    }
+    base.update(overrides)
+    return DriverSettings(**base)
+
+
+@pytest.fixture
+def short_tmp(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A short directory path: unix socket paths must stay under 108 bytes."""
+    import tempfile
+    path = Path(tempfile.mkdtemp(prefix="pv-", dir="/tmp"))
+    yield path  # type: ignore[misc]
+    import shutil
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+async def drivers(short_tmp: Path) -> AsyncIterator[DriverFactory]:
+    """Make drivers over one state root; at teardown stop every guest they started."""
+    from pyvirt.qemu.driver import QemuDriver
+
+    made: list[QemuDriver] = []
+
+    async def factory(emulator: str = "/usr/bin/qemu-system-x86_64",
+                      faults: dict[str, Any] | None = None, **overrides: Any) -> QemuDriver:
+        env = dict(overrides.pop("extra_env", {}))
+        if faults is not None:
+            env["FAKE_QEMU_FAULTS"] = json.dumps(faults)
+        settings = make_settings(short_tmp, emulator, extra_env=env, **overrides)
+        driver = QemuDriver(settings)
+        await driver.initialize()
+        made.append(driver)
+        return driver
+
+    yield factory  # type: ignore[misc]
+    for driver in reversed(made):
+        for obj in driver.list_all():
+            if obj.active and obj.monitor is not None:
+                try:
+                    await driver.destroy(obj)
+                except Exception:
+                    if obj.process is not None:
+                        os.kill(obj.process.pid, 9)
+        await driver.close()
+    _assert_no_leftover_qemu(short_tmp)
+
+
+def _assert_no_leftover_qemu(root: Path) -> None:
+    """No process may still have the test's state root on its command line."""
+    leftovers = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+            state = (entry / "stat").read_text().rsplit(")", 1)[-1].split()[0]
+        except OSError:
+            continue
+        if str(root).encode() in cmdline and state != "Z":
+            leftovers.append(int(entry.name))
+            os.kill(int(entry.name), 9)
+    assert not leftovers, f"QEMU processes left behind: {leftovers}"
