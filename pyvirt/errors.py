@@ -124,8 +124,9 @@ class ErrorLevel(enum.IntEnum):
 class VirtError(Exception):
     """An error with libvirt's numbers. ``str()`` is the message virsh prints."""
 
-    code: ErrorCode = ErrorCode.INTERNAL_ERROR
-    domain: ErrorDomain = ErrorDomain.QEMU
+    #: an ErrorCode member, or a plain int for numbers pyvirt has no name for
+    code: int = ErrorCode.INTERNAL_ERROR
+    domain: int = ErrorDomain.QEMU
     #: expected errors are the caller's fault: reply, do not log a traceback
     expected: bool = True
 

@@ -11,6 +11,7 @@ remote driver sends it once the transport has been stripped.
 
 from __future__ import annotations
 
+import os
 import urllib.parse
 from dataclasses import dataclass, field
 
@@ -21,6 +22,11 @@ RW_SOCKET_NAME = "libvirt-sock"
 RO_SOCKET_NAME = "libvirt-sock-ro"
 ADMIN_SOCKET_NAME = "libvirt-admin-sock"
 DEFAULT_TCP_PORT = 16509
+#: what a NULL/empty URI means when neither environment variable is set (libvirt: the
+#: first driver that accepts; pyvirt has one)
+DEFAULT_URI = "qemu:///system"
+#: checked in this order: pyvirt's own variable wins over the one the stock virsh reads
+DEFAULT_URI_ENV = ("PYVIRT_DEFAULT_URI", "LIBVIRT_DEFAULT_URI")
 
 #: query parameters the client consumes itself (libvirt strips them from the open name)
 _CLIENT_PARAMS = frozenset({
@@ -64,6 +70,21 @@ class ConnectURI:
     @property
     def no_verify(self) -> bool:
         return self.params.get("no_verify", "0") not in ("", "0")
+
+    @property
+    def no_tty(self) -> bool:
+        return self.params.get("no_tty", "0") not in ("", "0")
+
+
+def resolve_default_uri(name: str | None) -> str:
+    """libvirt's rule for a NULL or empty URI: the environment, else the default."""
+    if name:
+        return name
+    for var in DEFAULT_URI_ENV:
+        value = os.environ.get(var)
+        if value:
+            return value
+    return DEFAULT_URI
 
 
 def parse_uri(text: str) -> ConnectURI:

@@ -108,9 +108,13 @@ def scaled_kib(value: int, unit: str | None) -> int:
     return kib
 
 
+#: more digits than any unsigned long long has (and than int() will convert)
+_MAX_DIGITS = 20
+
+
 def _memory_kib(node: XNode) -> int:
     text = (node.text() or "").strip()
-    if not text.isdigit() or not text.isascii():
+    if not text.isdigit() or not text.isascii() or len(text.lstrip("0")) > _MAX_DIGITS:
         raise XMLError(
             f"Invalid value '{quote(text)}' for element or attribute './{node.tag}[1]'"
         )

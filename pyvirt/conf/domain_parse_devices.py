@@ -28,7 +28,7 @@ from pyvirt.conf.domain import (
     VideoDef,
     VirtioSerialAddress,
 )
-from pyvirt.conf.domain_util import disk_prefix, insert_controller
+from pyvirt.conf.domain_util import disk_prefix, primary_video_first, sort_controllers
 from pyvirt.conf.xmlutil import POSITIVE, UINT, IntRange, XNode, quote, unsupported_element
 from pyvirt.errors import ConfigUnsupportedError, ErrorCode, ErrorDomain, VirtError, XMLError
 
@@ -367,7 +367,9 @@ def parse_video(node: XNode) -> VideoDef:
     model = node.child("model")
     if model is None:
         return VideoDef(model="", alias=_alias(node), address=_pci_address(node))
-    video = VideoDef(model=schema.VIDEO_MODEL.check(model.attr("type") or ""))
+    # a missing type means "the default model", which apply_defaults picks
+    vtype = model.attr("type")
+    video = VideoDef(model="" if vtype is None else schema.VIDEO_MODEL.check(vtype))
     video.vram = model.int_attr("vram", _KIB)
     video.ram = model.int_attr("ram", _KIB)
     video.vgamem = model.int_attr("vgamem", _KIB)
@@ -405,14 +407,10 @@ def _appender(parse: Callable[[XNode], object], field: str) -> Callable[[XNode, 
     return handler
 
 
-def _controller(node: XNode, devices: Devices) -> None:
-    insert_controller(devices.controllers, parse_controller(node))
-
-
 _DEVICES: dict[str, Callable[[XNode, Devices], None]] = {
     "emulator": _emulator,
     "disk": _appender(parse_disk, "disks"),
-    "controller": _controller,
+    "controller": _appender(parse_controller, "controllers"),
     "interface": _appender(parse_interface, "interfaces"),
     "serial": _appender(parse_chardev, "serials"),
     "console": _appender(parse_chardev, "consoles"),
@@ -431,10 +429,8 @@ def parse_devices(node: XNode, devices: Devices) -> None:
             raise unsupported_element(child.tag, node.path)
         handler(child, devices)
     _assign_controller_indexes(devices.controllers)
-    # libvirt keeps the primary video first; the parser moves it there
-    primary = next((i for i, v in enumerate(devices.videos) if v.primary), 0)
-    if primary:
-        devices.videos.insert(0, devices.videos.pop(primary))
+    sort_controllers(devices.controllers)
+    devices.videos[:] = primary_video_first(devices.videos)
 
 
 def address_kind(address: Address | USBAddress | None) -> str | None:

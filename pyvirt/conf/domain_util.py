@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pyvirt.conf.domain import ControllerDef, DomainDef
+from pyvirt.conf.domain import ControllerDef, DomainDef, VideoDef
 
 #: versioned machine-name prefix or bare alias → chipset family
 _FAMILY_PREFIXES = (("pc-i440fx-", "i440fx"), ("pc-q35-", "q35"))
@@ -42,28 +42,33 @@ def disk_index(dev: str) -> int | None:
     return index
 
 
-def insert_controller(controllers: list[ControllerDef], new: ControllerDef) -> None:
-    """Insert *new* where libvirt would: grouped with its type, ordered by index.
+def canonical_controllers(controllers: list[ControllerDef]) -> list[ControllerDef]:
+    """*controllers* in pyvirt's canonical order.
 
-    Controllers of one type stay together in index order; a type seen for the first
-    time goes last. An index of -1 (not yet assigned) goes after its type's last one.
+    Like libvirt, controllers of one type stay together in index order; types keep the
+    order in which they first appear. The order is a fixed point (sorting again changes
+    nothing), so formatting and re-parsing a definition never reorders it.
     """
-    insert_at: int | None = None
-    for position in range(len(controllers) - 1, -1, -1):
-        current = controllers[position]
-        if current.type != new.type:
-            continue
-        if new.index == -1:
-            insert_at = position + 1
-            break
-        if current.index > new.index:
-            insert_at = position
-        elif current.index < new.index:
-            break
-    if insert_at is None:
-        controllers.append(new)
-    else:
-        controllers.insert(insert_at, new)
+    first_seen: dict[str, int] = {}
+    for position, controller in enumerate(controllers):
+        first_seen.setdefault(controller.type, position)
+    return sorted(controllers, key=lambda c: (first_seen[c.type], c.index))
+
+
+def sort_controllers(controllers: list[ControllerDef]) -> None:
+    controllers[:] = canonical_controllers(controllers)
+
+
+def primary_video_first(videos: list[VideoDef]) -> list[VideoDef]:
+    """*videos* with the first one marked primary moved to the front (libvirt's rule)."""
+    primary = next((i for i, v in enumerate(videos) if v.primary), 0)
+    return [videos[primary], *videos[:primary], *videos[primary + 1:]] if videos else []
+
+
+def insert_controller(controllers: list[ControllerDef], new: ControllerDef) -> None:
+    """Add *new* at its place in the canonical order (see :func:`sort_controllers`)."""
+    controllers.append(new)
+    sort_controllers(controllers)
 
 
 def find_controller(dom: DomainDef, ctype: str, index: int) -> ControllerDef | None:

@@ -34,6 +34,8 @@ MAX_XML_BYTES = 4 * 1024 * 1024
 MAX_DEPTH = 64
 #: a big real domain has a few thousand elements
 MAX_ELEMENTS = 100_000
+#: longest numeral parse_int looks at (a 64-bit value in octal, with sign, is 24)
+_MAX_NUMBER_CHARS = 32
 #: longest input excerpt quoted back in an error message
 _QUOTE_MAX = 80
 
@@ -132,18 +134,20 @@ def parse_int(value: str, *, c_base: bool = False) -> int:
     leading ``0`` means octal; everything else is decimal. Raises ValueError.
     """
     s = value.strip()
+    if len(s) > _MAX_NUMBER_CHARS:
+        raise ValueError(value)  # also keeps int() away from its digit-count limit
     negative = s.startswith("-")
     digits = s[1:] if negative or s.startswith("+") else s
-    if not digits or not digits.replace("x", "").replace("X", "").isalnum():
+    if not digits.isascii() or not digits.isalnum():
         raise ValueError(value)
     if c_base and digits[:2].lower() == "0x":
         number = int(digits[2:], 16)
     elif c_base and len(digits) > 1 and digits[0] == "0":
         number = int(digits[1:], 8)
-    else:
-        if not digits.isdigit() or not digits.isascii():
-            raise ValueError(value)
+    elif digits.isdigit():
         number = int(digits, 10)
+    else:
+        raise ValueError(value)
     return -number if negative else number
 
 

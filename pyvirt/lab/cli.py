@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NoReturn
 
-from pyvirt.lab import guest
+from pyvirt.lab import guest, hosts
 
 Handler = Callable[[argparse.Namespace], int]
 Registrar = Callable[["argparse._SubParsersAction[ErrorParser]"], None]
@@ -64,6 +64,7 @@ def _guest_xml(args: argparse.Namespace) -> int:
         disk=args.disk,
         domain_type=args.type,
         disk_format=args.disk_format,
+        poweroff_after=args.poweroff_after,
     )
     sys.stdout.write(xml)
     return 0
@@ -78,7 +79,10 @@ def register_guest(sub: argparse._SubParsersAction[ErrorParser]) -> None:
     )
     build.add_argument("--force", action="store_true", help="rebuild even if up to date")
     build.set_defaults(handler=_guest_build)
+    _add_guest_xml(gsub)
 
+
+def _add_guest_xml(gsub: argparse._SubParsersAction[ErrorParser]) -> None:
     xml = gsub.add_parser("xml", help="print a libvirt domain XML for the test guest")
     xml.add_argument("name", metavar="NAME", help="domain name")
     xml.add_argument(
@@ -114,6 +118,13 @@ def register_guest(sub: argparse._SubParsersAction[ErrorParser]) -> None:
         help="skip detection with qemu-img (e.g. the image is in another host's mount namespace)",
     )
     xml.add_argument(
+        "--poweroff-after",
+        type=_int_at_least(0),
+        default=0,
+        metavar="S",
+        help="power the guest off S seconds after its workload is ready (default 0: never)",
+    )
+    xml.add_argument(
         "--type",
         choices=guest.DOMAIN_TYPES,
         default="qemu",
@@ -123,7 +134,7 @@ def register_guest(sub: argparse._SubParsersAction[ErrorParser]) -> None:
 
 
 #: Every command group; append new registrars here.
-REGISTRARS: list[Registrar] = [register_guest]
+REGISTRARS: list[Registrar] = [register_guest, hosts.register_commands]
 
 
 def build_parser() -> ErrorParser:

@@ -10,6 +10,12 @@ Outputs go to :func:`guest_dir` (``$PYVIRT_GUEST_DIR`` or ``/var/cache/pyvirt/gu
 outside ``/var/lib/pyvirt`` so every lab host's mount namespace sees the same files):
 ``vmlinuz``, ``initramfs.img`` and ``manifest.json``.
 
+Power: ``/init`` always loads the ACPI button and evdev drivers; the workload watches
+``/dev/input/event*`` for KEY_POWER (QEMU's ``system_powerdown``) and powers the guest
+off (``reboot(RB_POWER_OFF)``, a guest-initiated SHUTDOWN for QEMU); ``pvw.poweroff_after=S``
+makes it do the same S seconds after READY. A reset simply boots again: READY once more
+and heartbeats counting from 0.
+
 Console lines (each written with a single ``write(2)``; serial lines end in ``\\r\\n``,
 which the regexes tolerate)::
 
@@ -20,6 +26,7 @@ which the regexes tolerate)::
     PVW DISK <n> gen=G written=W verified=V corrupt=C            about once a second
     PVW CORRUPT disk block=B expected_gen=G got_gen=H why=magic|checksum|block|run|gen
     PVW ERROR <message>
+    PVW POWEROFF reason=acpi|timer                               last line before power-off
     PVW EXIT rc=N                                                the workload ended
     PVW SELFTEST OK|FAIL mem_corrupt=N disk_corrupt=N            --selftest-corrupt only
 
@@ -37,7 +44,6 @@ import json
 import lzma
 import os
 import re
-import shutil
 import struct
 import subprocess
 import tempfile
@@ -58,8 +64,9 @@ MANIFEST_FILE = "manifest.json"
 KERNEL_METAPACKAGE = "linux-image-cloud-amd64"
 #: Pins the real kernel package instead of resolving the metapackage.
 KERNEL_PACKAGE_ENV = "PYVIRT_GUEST_KERNEL_PACKAGE"
-#: Bumped whenever the initramfs layout changes, so old builds are redone.
-BUILD_FORMAT = 1
+#: Bumped whenever the initramfs layout or its module lists change, so old builds
+#: are redone (2: power-button modules, ``lib/modules/{disk,power}.order``).
+BUILD_FORMAT = 2
 
 WORKLOAD_DIR = Path(__file__).resolve().parent / "workload"
 WORKLOAD_SOURCE = WORKLOAD_DIR / "pvworkload.c"
@@ -126,6 +133,7 @@ DISK_CORRUPT_RE = re.compile(
     r"^PVW CORRUPT disk block=(?P<block>\d+) expected_gen=(?P<expected_gen>\d+)"
     r" got_gen=(?P<got_gen>\d+) why=(?P<why>magic|checksum|block|run|gen)\s*$"
 )
+POWEROFF_RE = re.compile(r"^PVW POWEROFF reason=(?P<reason>acpi|timer)\s*$")
 ERROR_RE = re.compile(r"^PVW ERROR (?P<message>.*?)\s*$")
 EXIT_RE = re.compile(r"^PVW EXIT rc=(?P<rc>\d+)\s*$")
 SELFTEST_RE = re.compile(
@@ -363,12 +371,18 @@ def kernel_config(path: Path) -> dict[str, str]:
     return config
 
 
-# ---- virtio_blk: built in, or modules in the initramfs -------------------------------
+# ---- drivers: built in, or modules in the initramfs ----------------------------------
 
 #: Config symbol → module, for what a virtio disk on the pc machine's PCI bus needs.
 #: virtio_pci is not a modinfo dependency of virtio_blk (it is the transport), hence
 #: both roots.
 _DISK_DRIVERS = (("CONFIG_VIRTIO_PCI", "virtio_pci"), ("CONFIG_VIRTIO_BLK", "virtio_blk"))
+#: What turns the ACPI power button (QEMU's ``system_powerdown``) into KEY_POWER on
+#: ``/dev/input/event*``: the ACPI button driver registers the input device, evdev
+#: gives it a node. (The old /proc/acpi/event interface is gone from modern kernels.)
+_POWER_DRIVERS = (("CONFIG_ACPI_BUTTON", "button"), ("CONFIG_INPUT_EVDEV", "evdev"))
+
+Module = tuple[str, bytes]
 
 
 def _module_name(path: Path) -> str:
@@ -387,8 +401,9 @@ def _read_module(path: Path) -> bytes:
     raise GuestBuildError(f"unsupported module compression: {path.name}")
 
 
-def disk_modules(tree: KernelTree) -> list[tuple[str, bytes]]:
-    """Modules to insmod, dependencies first, for a virtio disk; [] if all built in."""
+def driver_modules(tree: KernelTree, drivers: Sequence[tuple[str, str]]) -> list[Module]:
+    """Modules to insmod, dependencies first, for ``drivers`` ((config symbol, module)
+    pairs); built-in drivers need none, unset ones are a GuestBuildError."""
     config = kernel_config(tree.config)
     index = {_module_name(p): p for p in tree.modules.rglob("*.ko*")}
     ordered: dict[str, bytes] = {}
@@ -403,13 +418,23 @@ def disk_modules(tree: KernelTree) -> list[tuple[str, bytes]]:
             visit(dep, (*chain, name))
         ordered[name] = data  # post-order: after everything it depends on
 
-    for symbol, module in _DISK_DRIVERS:
+    for symbol, module in drivers:
         value = config.get(symbol)
         if value == "m":
             visit(module, ())
         elif value != "y":
             raise GuestBuildError(f"kernel {tree.release} lacks {symbol}")
     return list(ordered.items())
+
+
+def disk_modules(tree: KernelTree) -> list[Module]:
+    """Modules for a virtio disk, dependencies first; [] if all built in."""
+    return driver_modules(tree, _DISK_DRIVERS)
+
+
+def power_modules(tree: KernelTree) -> list[Module]:
+    """Modules for the ACPI power button as an evdev device; [] if all built in."""
+    return driver_modules(tree, _POWER_DRIVERS)
 
 
 # ---- initramfs -----------------------------------------------------------------------
@@ -458,9 +483,17 @@ class Cpio:
 
 
 def build_initramfs(
-    busybox: bytes, workload: bytes, init: bytes, modules: Sequence[tuple[str, bytes]]
+    busybox: bytes,
+    workload: bytes,
+    init: bytes,
+    disk: Sequence[Module],
+    power: Sequence[Module] = (),
 ) -> bytes:
-    """The gzipped initramfs: busybox, /init, the workload and the disk modules."""
+    """The gzipped initramfs: busybox, /init, the workload and the kernel modules.
+
+    Modules go to ``lib/modules/NAME.ko``; ``lib/modules/disk.order`` and
+    ``power.order`` list each set in insmod order (a module in both is stored once).
+    """
     cpio = Cpio()
     for d in ("bin", "dev", "proc", "sys", "tmp", "lib", "lib/modules"):
         cpio.directory(d)
@@ -471,9 +504,11 @@ def build_initramfs(
     for applet in BUSYBOX_APPLETS:
         cpio.symlink(f"bin/{applet}", "busybox")
     cpio.file("bin/pvworkload", workload, 0o755)
-    for name, data in modules:
+    for name, data in dict([*disk, *power]).items():
         cpio.file(f"lib/modules/{name}.ko", data)
-    cpio.file("lib/modules/order", "".join(f"{n}.ko\n" for n, _ in modules).encode())
+    for set_name, modules in (("disk", disk), ("power", power)):
+        order = "".join(f"{n}.ko\n" for n, _ in modules).encode()
+        cpio.file(f"lib/modules/{set_name}.order", order)
     return gzip.compress(cpio.finish(), compresslevel=6, mtime=0)
 
 
@@ -548,10 +583,10 @@ def _build(directory: Path) -> GuestImage:
     busybox = find_busybox()
     with tempfile.TemporaryDirectory(prefix=".build-", dir=directory) as tmp:
         tree = extract_kernel(package.deb, Path(tmp) / "pkg")
-        modules = disk_modules(tree)
+        disk, power = disk_modules(tree), power_modules(tree)
         workload = compile_workload(Path(tmp) / "pvworkload")
         initrd = build_initramfs(
-            busybox.read_bytes(), workload.read_bytes(), INIT_SOURCE.read_bytes(), modules
+            busybox.read_bytes(), workload.read_bytes(), INIT_SOURCE.read_bytes(), disk, power
         )
         _install(directory / KERNEL_FILE, tree.vmlinuz.read_bytes())
     _install(directory / INITRD_FILE, initrd)
@@ -561,19 +596,17 @@ def _build(directory: Path) -> GuestImage:
         "kernel_package_version": package.version,
         "kernel_release": tree.release,
         "kernel_deb": package.deb.name,
-        "virtio_blk": "module" if modules else "builtin",
-        "modules": [name for name, _ in modules],
+        "virtio_blk": "module" if disk else "builtin",
+        "power_button": "module" if power else "builtin",
+        "modules": list(dict.fromkeys(name for name, _ in [*disk, *power])),
+        "disk_modules": [name for name, _ in disk],
+        "power_modules": [name for name, _ in power],
         "busybox": str(busybox),
         "built_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     # Written last: a manifest means the kernel and initramfs beside it are complete.
     _install(directory / MANIFEST_FILE, (json.dumps(manifest, indent=2) + "\n").encode())
     return _image(directory, manifest, rebuilt=True)
-
-
-def clean_cache(directory: Path | None = None) -> None:
-    """Drop downloaded packages (the built guest stays)."""
-    shutil.rmtree((directory or guest_dir()) / "cache", ignore_errors=True)
 
 
 # ---- domain XML ----------------------------------------------------------------------
@@ -611,8 +644,14 @@ def kernel_cmdline(
     disk: bool = False,
     disk_mb: int | None = None,
     disk_rate: int | None = None,
+    poweroff_after: int = 0,
 ) -> str:
-    """The guest's kernel command line (the workload reads its ``pvw.*`` settings)."""
+    """The guest's kernel command line (the workload reads its ``pvw.*`` settings).
+
+    ``poweroff_after``: the guest powers itself off that many seconds after READY
+    (0: never).
+    """
+    _check_int("poweroff-after", poweroff_after, 0)
     args = [*BASE_CMDLINE, f"pvw.dirty_mb={dirty_mb}", f"pvw.dirty_rate={dirty_rate}"]
     if disk:
         args.append(f"pvw.disk={GUEST_DISK_DEV}")
@@ -620,6 +659,8 @@ def kernel_cmdline(
             args.append(f"pvw.disk_mb={disk_mb}")
         if disk_rate is not None:
             args.append(f"pvw.disk_rate={disk_rate}")
+    if poweroff_after:
+        args.append(f"pvw.poweroff_after={poweroff_after}")
     return " ".join(args)
 
 
@@ -641,14 +682,40 @@ def _attr(value: str) -> str:
     return escape(value, {"'": "&apos;", '"': "&quot;"})
 
 
-def _disk_xml(path: str, fmt: str) -> list[str]:
-    return [
-        "    <disk type='file' device='disk'>",
-        f"      <driver name='qemu' type='{_attr(fmt)}' cache='none'/>",
-        f"      <source file='{_attr(path)}'/>",
-        "      <target dev='vda' bus='virtio'/>",
-        "    </disk>",
-    ]
+# libvirt's own formatting style (single quotes, 2-space indent); values are escaped.
+_DISK_TEMPLATE = """\
+    <disk type='file' device='disk'>
+      <driver name='qemu' type='{format}' cache='none'/>
+      <source file='{path}'/>
+      <target dev='vda' bus='virtio'/>
+    </disk>
+"""
+_DOMAIN_TEMPLATE = """\
+<domain type='{type}'>
+  <name>{name}</name>
+  <memory unit='MiB'>{memory}</memory>
+  <vcpu>1</vcpu>
+  <os>
+    <type arch='x86_64' machine='pc'>hvm</type>
+    <kernel>{kernel}</kernel>
+    <initrd>{initrd}</initrd>
+    <cmdline>{cmdline}</cmdline>
+  </os>
+  <on_poweroff>destroy</on_poweroff>
+  <on_reboot>restart</on_reboot>
+  <on_crash>destroy</on_crash>
+  <devices>
+{disk}\
+    <serial type='pty'>
+      <target port='0'/>
+    </serial>
+    <console type='pty'>
+      <target type='serial' port='0'/>
+    </console>
+    <memballoon model='none'/>
+  </devices>
+</domain>
+"""
 
 
 def domain_xml(
@@ -661,49 +728,34 @@ def domain_xml(
     guest: GuestImage | None = None,
     domain_type: str = "qemu",
     disk_format: str | None = None,
+    poweroff_after: int = 0,
 ) -> str:
     """A libvirt domain XML booting the test guest (the subset pyvirt's parser takes).
 
     ``guest`` defaults to the files in :func:`guest_dir` (not built here); the disk's
-    format is detected with qemu-img unless ``disk_format`` is given.
+    format is detected with qemu-img unless ``disk_format`` is given. With
+    ``poweroff_after`` > 0 the guest powers itself off that many seconds after READY.
     """
     validate_params(name, memory_mib, dirty_mb, dirty_rate)
+    cmdline = kernel_cmdline(
+        dirty_mb, dirty_rate, disk=disk is not None, poweroff_after=poweroff_after
+    )
     if domain_type not in DOMAIN_TYPES:
         raise GuestConfigError(f"domain type must be one of {', '.join(DOMAIN_TYPES)}")
     if disk_format is not None and disk_format not in DISK_FORMATS:
         raise GuestConfigError(f"disk format must be one of {', '.join(DISK_FORMATS)}")
     directory = guest_dir()
-    kernel = guest.kernel if guest else directory / KERNEL_FILE
-    initrd = guest.initrd if guest else directory / INITRD_FILE
-    cmdline = kernel_cmdline(dirty_mb, dirty_rate, disk=disk is not None)
-    devices: list[str] = []
+    disk_xml = ""
     if disk is not None:
         path = Path(os.path.abspath(disk))
-        devices += _disk_xml(str(path), disk_format or detect_disk_format(path))
-    lines = [
-        f"<domain type='{domain_type}'>",
-        f"  <name>{escape(name)}</name>",
-        f"  <memory unit='MiB'>{memory_mib}</memory>",
-        "  <vcpu>1</vcpu>",
-        "  <os>",
-        "    <type arch='x86_64' machine='pc'>hvm</type>",
-        f"    <kernel>{escape(str(kernel))}</kernel>",
-        f"    <initrd>{escape(str(initrd))}</initrd>",
-        f"    <cmdline>{escape(cmdline)}</cmdline>",
-        "  </os>",
-        "  <on_poweroff>destroy</on_poweroff>",
-        "  <on_reboot>restart</on_reboot>",
-        "  <on_crash>destroy</on_crash>",
-        "  <devices>",
-        *devices,
-        "    <serial type='pty'>",
-        "      <target port='0'/>",
-        "    </serial>",
-        "    <console type='pty'>",
-        "      <target type='serial' port='0'/>",
-        "    </console>",
-        "    <memballoon model='none'/>",
-        "  </devices>",
-        "</domain>",
-    ]
-    return "\n".join(lines) + "\n"
+        fmt = disk_format or detect_disk_format(path)
+        disk_xml = _DISK_TEMPLATE.format(format=_attr(fmt), path=_attr(str(path)))
+    return _DOMAIN_TEMPLATE.format(
+        type=_attr(domain_type),
+        name=escape(name),
+        memory=memory_mib,
+        kernel=escape(str(guest.kernel if guest else directory / KERNEL_FILE)),
+        initrd=escape(str(guest.initrd if guest else directory / INITRD_FILE)),
+        cmdline=escape(cmdline),
+        disk=disk_xml,
+    )

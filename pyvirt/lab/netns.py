@@ -41,6 +41,11 @@ PREFIXLEN = 24
 BRIDGE_ADDRESS = f"{SUBNET}.254"
 #: The veth end inside each host: a real host's NIC name, so tools inside look ordinary.
 HOST_IFACE = "eth0"
+#: Fixed, locally administered MACs (02:70:76 = "pv"): a recreated host or bridge keeps
+#: its MAC, so the neighbours' ARP caches stay right (a stale entry would black-hole
+#: traffic for up to 30 s). The bridge's would otherwise follow its lowest port's MAC.
+MAC_PREFIX = "02:70:76:00:00"
+BRIDGE_MAC = f"{MAC_PREFIX}:fe"
 NETNS_DIR = Path("/run/netns")
 NETNS_PREFIX = "pvlab-host"
 VETH_PREFIX = "pvlab-h"
@@ -53,7 +58,9 @@ class LabError(Exception):
     """A refusal or failure of a lab command; the CLI prints it as ``error: <message>``."""
 
 
-def run(argv: Sequence[str], *, check: bool = True, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
+def run(
+    argv: Sequence[str], *, check: bool = True, timeout: float = 30.0
+) -> subprocess.CompletedProcess[str]:
     """Run *argv* (no shell), capturing its output; a failure raises LabError if *check*."""
     try:
         done = subprocess.run(
@@ -79,6 +86,10 @@ def veth_name(index: int) -> str:
 
 def host_address(index: int) -> str:
     return f"{SUBNET}.{index}"
+
+
+def host_mac(index: int) -> str:
+    return f"{MAC_PREFIX}:{index:02x}"
 
 
 # ------------------------------------------------------------------------- mount table
@@ -146,7 +157,8 @@ def check_subnet_free() -> None:
 def ensure_bridge() -> None:
     if not link_exists(BRIDGE):
         log.info("creating bridge %s", BRIDGE)
-        run(["ip", "link", "add", BRIDGE, "type", "bridge"])
+        run(["ip", "link", "add", BRIDGE, "address", BRIDGE_MAC, "type", "bridge"])
+    run(["ip", "link", "set", BRIDGE, "address", BRIDGE_MAC])
     run(["ip", "addr", "replace", f"{BRIDGE_ADDRESS}/{PREFIXLEN}", "dev", BRIDGE])
     run(["ip", "link", "set", BRIDGE, "up"])
 
@@ -205,7 +217,8 @@ def create_netns(index: int) -> None:
     log.info("creating network namespace %s", name)
     run(["ip", "netns", "add", name])
     run(["ip", "-n", name, "link", "set", "lo", "up"])
-    run(["ip", "link", "add", veth, "type", "veth", "peer", "name", HOST_IFACE, "netns", name])
+    peer = ["peer", "name", HOST_IFACE, "address", host_mac(index), "netns", name]
+    run(["ip", "link", "add", veth, "type", "veth", *peer])
     run(["ip", "link", "set", veth, "master", BRIDGE])
     run(["ip", "link", "set", veth, "up"])
     address = f"{host_address(index)}/{PREFIXLEN}"
@@ -253,7 +266,8 @@ def ensure_binds(ns_file: Path, binds: Iterable[tuple[Path, Path]]) -> None:
         st = source.stat()
         if _stat_inside(ns_file, target) != f"{st.st_dev}:{st.st_ino}":
             log.info("binding %s on %s in %s", source, target, ns_file)
-            run(["nsenter", f"--mount={ns_file}", "--", "mount", "--bind", str(source), str(target)])
+            enter = ["nsenter", f"--mount={ns_file}", "--"]
+            run([*enter, "mount", "--bind", str(source), str(target)])
 
 
 def remove_mntns(ns_file: Path) -> None:
@@ -284,9 +298,10 @@ def process_alive(pid: int) -> bool:
 
 def process_cmdline(pid: int) -> str:
     try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return ""
+    return raw.replace(b"\0", b" ").decode(errors="replace").strip()
 
 
 def pids_in_namespaces(keys: set[NsKey]) -> list[int]:
@@ -354,7 +369,9 @@ def read_pidfile(pidfile: Path) -> int | None:
     return int(text) if text.isdigit() else None
 
 
-def spawn_detached(argv: Sequence[str], log_file: Path, pidfile: Path, timeout: float = 10.0) -> int:
+def spawn_detached(
+    argv: Sequence[str], log_file: Path, pidfile: Path, timeout: float = 10.0
+) -> int:
     """Start *argv* fully detached (own session, parent init: it outlives the caller and is
     never its zombie), output appended to *log_file*; returns its pid, also in *pidfile*."""
     pidfile.unlink(missing_ok=True)

@@ -32,7 +32,6 @@ from pyvirt.qemu.argv_common import (
     choose,
     keyval,
     machine_family,
-    options,
     require,
 )
 from pyvirt.qemu.argv_devices import (
@@ -50,7 +49,6 @@ ACCELS = {"qemu": "tcg", "kvm": "kvm"}
 #: libvirt on_reboot → QEMU -action reboot=...; on_poweroff/on_crash are the driver's job
 REBOOT_ACTIONS: dict[str, str | None] = {"restart": None, "destroy": "shutdown"}
 CLOCK_OFFSETS = {"utc": "utc", "localtime": "localtime"}
-BOOT_DEVS = {"hd": "c", "cdrom": "d", "network": "n", "fd": "a"}
 #: libvirt <timer name='rtc' track=...> → -rtc clock=
 RTC_TRACK = {"guest": "vm", "wall": "host", "realtime": "rt"}
 #: libvirt <timer name='rtc' tickpolicy=...> → -rtc driftfix= (delay is QEMU's default)
@@ -272,20 +270,41 @@ def _lifecycle(ctx: Ctx) -> list[str]:
 
 
 def _boot(ctx: Ctx) -> list[str]:
-    dom = ctx.dom
+    # strict=on: the firmware boots only devices with a bootindex (libvirt's choice);
+    # <os><boot dev> becomes bootindexes too (see _os_boot), never "-boot order="
+    argv = ["-boot", "strict=on"]
+    os = ctx.dom.os
+    for flag, value in (("-kernel", os.kernel), ("-initrd", os.initrd), ("-append", os.cmdline)):
+        if value is not None:
+            argv += [flag, value]
+    return argv
+
+
+def _os_boot(dom: DomainDef) -> dict[tuple[str, int], int]:
+    """libvirt's conversion of ``<os><boot dev>``: the first device of each listed kind
+    gets bootindex = the position of its ``<boot>`` (1-based); kinds without a device
+    (and ``fd``: no floppies here) leave a gap."""
     devices = dom.devices
     per_device = any(d.boot_order is not None for d in devices.disks) or any(
         n.boot_order is not None for n in devices.interfaces
     )
     if per_device and dom.os.boot_devs:
         raise ConfigUnsupportedError("per-device boot order together with <os><boot dev>")
-    order = "".join(choose(BOOT_DEVS, d, "boot device") for d in dom.os.boot_devs)
-    argv = ["-boot", options([("order", order or None), ("strict", True)])]
-    for flag, value in (("-kernel", dom.os.kernel), ("-initrd", dom.os.initrd),
-                        ("-append", dom.os.cmdline)):
-        if value is not None:
-            argv += [flag, value]
-    return argv
+    candidates: dict[str, list[tuple[str, int]]] = {
+        "hd": [("disk", i) for i, d in enumerate(devices.disks) if d.device == "disk"],
+        "cdrom": [("disk", i) for i, d in enumerate(devices.disks) if d.device == "cdrom"],
+        "network": [("net", i) for i in range(len(devices.interfaces))],
+        "fd": [],
+    }
+    boot: dict[tuple[str, int], int] = {}
+    for position, dev in enumerate(dom.os.boot_devs, start=1):
+        if dev not in candidates:
+            raise ConfigUnsupportedError(f"boot device '{dev}' is not supported")
+        if dev in dom.os.boot_devs[: position - 1]:
+            raise ConfigUnsupportedError(f"boot device '{dev}' given twice")
+        for key in candidates[dev][:1]:
+            boot[key] = position
+    return boot
 
 
 def _disks(ctx: Ctx) -> list[str]:
@@ -323,7 +342,8 @@ _NO_OPTIONS = LaunchOptions()
 def build_argv(dom: DomainDef, paths: LaunchPaths, opts: LaunchOptions = _NO_OPTIONS) -> list[str]:
     """The QEMU argv (``argv[0]`` is the emulator) for ``dom``; pure and deterministic."""
     _check_domain(dom)
-    ctx = Ctx(dom=dom, family=machine_family(dom.os.machine), paths=paths)
+    ctx = Ctx(dom=dom, family=machine_family(dom.os.machine), paths=paths,
+              os_boot=_os_boot(dom))
     argv = [require(dom.devices.emulator, "emulator")]
     for section in SECTIONS:
         argv += section(ctx)

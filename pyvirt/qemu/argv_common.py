@@ -7,8 +7,8 @@ rendering. Everything here is pure: no I/O, no randomness.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 
 from pyvirt.conf.domain import DomainDef, PCIAddress
 from pyvirt.errors import ConfigUnsupportedError, InternalError
@@ -120,6 +120,11 @@ class Ctx:
     dom: DomainDef
     family: MachineFamily
     paths: LaunchPaths
+    #: ("disk"|"net", position) → bootindex derived from ``<os><boot dev>``
+    os_boot: Mapping[tuple[str, int], int] = field(default_factory=dict)
+
+    def bootindex(self, kind: str, position: int, explicit: int | None) -> int | None:
+        return explicit if explicit is not None else self.os_boot.get((kind, position))
 
     def pci_bus_name(self, bus: int) -> str:
         # libvirt names every non-root PCI controller "pci.<index>"; the root is the board's

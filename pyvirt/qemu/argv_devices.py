@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from pyvirt.conf.domain import ControllerDef, InterfaceDef
+from pyvirt.conf.domain import ControllerDef, InputDef, InterfaceDef, PCIAddress, USBAddress
 from pyvirt.errors import ConfigUnsupportedError, InternalError
-from pyvirt.qemu.argv_common import Ctx, choose, device, keyval
+from pyvirt.qemu.argv_common import Ctx, Props, choose, device, keyval
 
 # --- controllers -------------------------------------------------------------------------
 
@@ -20,9 +20,7 @@ ControllerBuilder = Callable[[Ctx, ControllerDef], list[str]]
 
 USB_MODELS = {
     "piix3-uhci": "piix3-usb-uhci",
-    "piix4-uhci": "piix4-usb-uhci",
     "qemu-xhci": "qemu-xhci",
-    "nec-xhci": "nec-usb-xhci",
 }
 SCSI_MODELS = {"virtio-scsi": "virtio-scsi-pci"}
 
@@ -37,21 +35,12 @@ def _what(c: ControllerDef) -> str:
 
 
 def _pci(ctx: Ctx, c: ControllerDef) -> list[str]:
-    model = c.model or (ctx.family.root_model if c.index == 0 else None)
-    if c.index == 0:
-        if model != ctx.family.root_model:
-            raise ConfigUnsupportedError(f"{_what(c)}: {model} on a {ctx.family.name} machine")
-        return []  # the board's root bus always exists
-    alias = f"pci.{c.index}"
-    pci = ctx.pci_props(c.address, _what(c))
-    if model == "pcie-root-port" and ctx.family.root_model == "pcie-root":
-        # libvirt's default numbering: chassis = index, port = slot/function packed
-        port = 0 if c.address is None else (c.address.slot << 3) | c.address.function
-        return device("pcie-root-port", [("port", port), ("chassis", c.index),
-                                         ("id", alias), *pci])
-    if model == "pci-bridge":
-        return device("pci-bridge", [("chassis_nr", c.index), ("id", alias), *pci])
-    raise ConfigUnsupportedError(f"{_what(c)}: model '{model}' on {ctx.family.name}")
+    # Only the board's root bus is modelled: every PCI device sits on it (pcie.0 on q35
+    # as integrated endpoints), so there are no bridges or root ports to create.
+    model = c.model or ctx.family.root_model
+    if c.index != 0 or model != ctx.family.root_model:
+        raise ConfigUnsupportedError(f"{_what(c)}: {model} on a {ctx.family.name} machine")
+    return []
 
 
 def _usb(ctx: Ctx, c: ControllerDef) -> list[str]:
@@ -154,7 +143,8 @@ def build_interface(ctx: Ctx, index: int, net: InterfaceDef) -> list[str]:
         raise InternalError(f"{what}: MAC address not assigned")
     driver = choose(NIC_MODELS, net.model or DEFAULT_NIC_MODEL, f"{what}: model")
     props = [("netdev", netdev_id), ("id", alias), ("mac", net.mac),
-             ("bootindex", net.boot_order), *ctx.pci_props(net.address, what)]
+             ("bootindex", ctx.bootindex("net", index, net.boot_order)),
+             *ctx.pci_props(net.address, what)]
     return ["-netdev", netdev(net, netdev_id), *device(driver, props)]
 
 
@@ -173,11 +163,32 @@ INPUTS: dict[tuple[str, str], str | None] = {
 }
 
 
-def _usb_bus(ctx: Ctx, what: str) -> str:
-    usb = [c for c in ctx.dom.devices.controllers if c.type == "usb" and c.model != "none"]
-    if not usb:
+def _usb_bus(ctx: Ctx, index: int | None, what: str) -> str:
+    """QEMU's name of the bus of USB controller ``index`` (the first one when None)."""
+    usb = [c.index for c in ctx.dom.devices.controllers if c.type == "usb" and c.model != "none"]
+    if not usb or (index is not None and index not in usb):
         raise ConfigUnsupportedError(f"{what}: no USB controller")
-    return f"{usb_alias(min(c.index for c in usb))}.0"
+    return f"{usb_alias(min(usb) if index is None else index)}.0"
+
+
+def _usb_input(ctx: Ctx, inp: InputDef, what: str, next_port: int) -> Props:
+    address = inp.address
+    if isinstance(address, PCIAddress):
+        raise ConfigUnsupportedError(f"{what}: a USB device needs a USB address")
+    if address is None:
+        # unaddressed: libvirt's allocator hands out ports in document order
+        return [("bus", _usb_bus(ctx, None, what)), ("port", str(next_port))]
+    if not all(part.isdigit() for part in address.port.split(".")):
+        raise ConfigUnsupportedError(f"{what}: USB port '{address.port}'")
+    return [("bus", _usb_bus(ctx, address.bus, what)), ("port", address.port)]
+
+
+def _pci_input(ctx: Ctx, inp: InputDef, what: str) -> Props:
+    if isinstance(inp.address, USBAddress):
+        raise ConfigUnsupportedError(f"{what}: a virtio device needs a PCI address")
+    # without an address QEMU picks the slot: inputs therefore come after every
+    # explicitly placed PCI device (see argv.SECTIONS)
+    return ctx.pci_props(inp.address, what)
 
 
 def build_inputs(ctx: Ctx) -> list[str]:
@@ -190,15 +201,15 @@ def build_inputs(ctx: Ctx) -> list[str]:
             raise ConfigUnsupportedError(f"{what} is not supported")
         driver = INPUTS[(inp.bus, inp.type)]
         if driver is None:
+            if inp.address is not None:
+                raise ConfigUnsupportedError(f"{what}: PS/2 devices take no address")
             continue
         if inp.bus == "usb":
-            # ports are numbered in document order like libvirt's USB port allocator
             usb_port += 1
-            argv += device(driver, [("id", alias), ("bus", _usb_bus(ctx, what)),
-                                    ("port", str(usb_port))])
+            placement = _usb_input(ctx, inp, what, usb_port)
         else:
-            # InputDef has no <address>: QEMU assigns the PCI slot (same argv, same slot)
-            argv += device(driver, [("id", alias)])
+            placement = _pci_input(ctx, inp, what)
+        argv += device(driver, [("id", alias), *placement])
     return argv
 
 

@@ -46,7 +46,9 @@ STORAGE_DRIVERS: dict[tuple[str, str], str] = {
 }
 
 FORMATS = {"raw": "raw", "qcow2": "qcow2"}
-AIO_MODES = {"native": "native", "threads": "threads", "io_uring": "io_uring"}
+#: libvirt io mode → QEMU aio; "default" (and no attribute) leaves QEMU's choice
+AIO_MODES: dict[str, str | None] = {"default": None, "native": "native", "threads": "threads",
+                                    "io_uring": "io_uring"}
 
 
 @dataclass(frozen=True)
@@ -183,11 +185,14 @@ def _blockdevs(disk: DiskDef, count: int, pos: int, readonly: bool) -> list[str]
         "auto-read-only": True,
         "discard": "unmap",
     }
-    if disk.io is not None:
-        if disk.io == "native" and (cache is None or not cache.direct):
-            # QEMU refuses aio=native without O_DIRECT; say so before launch
-            raise ConfigUnsupportedError(f"{what}: io='native' needs cache 'none' or 'directsync'")
-        storage["aio"] = choose(AIO_MODES, disk.io, f"{what}: io mode")
+    if disk.io is not None and disk.io not in AIO_MODES:
+        raise ConfigUnsupportedError(f"{what}: io mode '{disk.io}' is not supported")
+    aio = AIO_MODES.get(disk.io or "default")
+    if aio == "native" and (cache is None or not cache.direct):
+        # QEMU refuses aio=native without O_DIRECT; say so before launch
+        raise ConfigUnsupportedError(f"{what}: io='native' needs cache 'none' or 'directsync'")
+    if aio is not None:
+        storage["aio"] = aio
     fmt_node: dict[str, object] = {"node-name": disk_node_name(count, pos, "format"),
                                    "read-only": readonly}
     if cache is not None:
@@ -220,7 +225,7 @@ def build_disk(ctx: Ctx, pos: int) -> list[str]:
         raise ConfigUnsupportedError(f"{what}: a hard disk needs a source")
     cache = _cache_mode(disk) if drive is not None else None
     props: Props = [*placement, ("drive", drive), ("id", disk.alias or alias),
-                    ("bootindex", disk.boot_order),
+                    ("bootindex", ctx.bootindex("disk", pos, disk.boot_order)),
                     ("write-cache", None if cache is None else cache.write_cache),
                     ("share-rw", True if disk.shareable else None),
                     ("serial", disk.serial)]

@@ -94,13 +94,15 @@ def _vga_memory(v: VideoDef) -> Props:
 
 
 def _cirrus_memory(v: VideoDef) -> Props:
-    return [("vgamem_mb", None if v.vram is None else v.vram // 1024)]
+    # like libvirt: cirrus keeps QEMU's fixed 4 MiB whatever vram says (its default
+    # vram of 16384 KiB would otherwise change the guest-visible card)
+    return []
 
 
 def _qxl_memory(v: VideoDef) -> Props:
-    # <model ram=.. vgamem=..> are not modelled; QEMU's and libvirt's defaults are used
-    return [("ram_size", 65536 * 1024), ("vram_size", (v.vram or 65536) * 1024),
-            ("vgamem_mb", 16)]
+    # libvirt's defaults (KiB): ram 65536, vram 65536, vgamem 16384
+    return [("ram_size", (v.ram or 65536) * 1024), ("vram_size", (v.vram or 65536) * 1024),
+            ("vgamem_mb", (v.vgamem or 16384) // 1024)]
 
 
 def _bochs_memory(v: VideoDef) -> Props:
@@ -132,6 +134,8 @@ def _video(ctx: Ctx, index: int, v: VideoDef, primary: bool) -> list[str]:
         raise ConfigUnsupportedError(f"video model '{v.model}' can only be the primary video")
     if not model.multihead and v.heads not in (None, 1):
         raise ConfigUnsupportedError(f"video model '{v.model}' supports one head")
+    if v.model != "qxl" and (v.ram or v.vgamem):
+        raise ConfigUnsupportedError(f"video model '{v.model}': ram/vgamem are qxl only")
     heads = v.heads if model.multihead else None
     props: Props = [("id", alias), *model.memory(v), ("max_outputs", heads),
                     *ctx.pci_props(v.address, f"video {alias}")]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -54,24 +55,30 @@ class Monitor:
         self, path: str, timeout: float, process_alive: Callable[[], bool]
     ) -> None:
         """Connect, retrying until QEMU listens, QEMU dies, or ``timeout`` passes."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
+        deadline = asyncio.get_running_loop().time() + timeout
         while True:
+            if not os.path.exists(path):
+                # QEMU creates the socket when it binds it; polling the path first keeps
+                # qemu.qmp from logging a failed connection for every early attempt.
+                await self._wait_retry(deadline, process_alive, None)
+                continue
             try:
                 await self._qmp.connect(path)
                 break
             except ConnectError as exc:
-                if not process_alive():
-                    raise OperationFailedError(
-                        f"QEMU for '{self.name}' exited before its monitor came up"
-                    ) from exc
-                if loop.time() > deadline:
-                    raise OperationTimeoutError(
-                        f"QEMU monitor of '{self.name}' did not come up within {timeout:.0f} s"
-                    ) from exc
-                await asyncio.sleep(0.02)
+                await self._wait_retry(deadline, process_alive, exc)
         self._tasks.append(asyncio.create_task(self._pump_events(), name=f"qmp-ev-{self.name}"))
         self._tasks.append(asyncio.create_task(self._watch_eof(), name=f"qmp-eof-{self.name}"))
+
+    async def _wait_retry(self, deadline: float, process_alive: Callable[[], bool],
+                          cause: Exception | None) -> None:
+        if not process_alive():
+            raise OperationFailedError(
+                f"QEMU for '{self.name}' exited before its monitor came up") from cause
+        if asyncio.get_running_loop().time() > deadline:
+            raise OperationTimeoutError(
+                f"QEMU monitor of '{self.name}' did not come up in time") from cause
+        await asyncio.sleep(0.01)
 
     async def execute(
         self, command: str, args: dict[str, Any] | None = None,

@@ -13,7 +13,8 @@ from pathlib import Path
 
 @dataclass(frozen=True)
 class DriverSettings:
-    #: persistent definitions, autostart marks (libvirt: /etc/libvirt/qemu, /var/lib/libvirt/qemu)
+    #: the driver's own directories (qemu.conf's, e.g. /var/lib/pyvirt/qemu):
+    #: persistent definitions and autostart marks
     state_dir: Path
     #: runtime status of running domains, monitor sockets, pid files (a tmpfs on real hosts)
     run_dir: Path
@@ -34,19 +35,19 @@ class DriverSettings:
 
     @property
     def config_dir(self) -> Path:
-        return self.state_dir / "qemu" / "config"
+        return self.state_dir / "config"
 
     @property
     def autostart_dir(self) -> Path:
-        return self.state_dir / "qemu" / "autostart"
+        return self.state_dir / "autostart"
 
     @property
     def status_dir(self) -> Path:
-        return self.run_dir / "qemu"
+        return self.run_dir
 
     @property
     def qemu_log_dir(self) -> Path:
-        return self.log_dir / "qemu"
+        return self.log_dir
 
     def domain_run_dir(self, dom_id: int, name: str) -> Path:
         return self.status_dir / f"domain-{dom_id}-{name}"

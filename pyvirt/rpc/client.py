@@ -20,6 +20,7 @@ import asyncio
 import dataclasses
 import inspect
 import itertools
+import logging
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -43,6 +44,8 @@ from pyvirt.rpc.xdr import XDRError
 #: called for each event MESSAGE: (program, procedure spec, decoded body); may return an
 #: awaitable, which is run as a task (handlers must not block the reader)
 EventHandler = Callable[[Program, ProcSpec, Any], object]
+
+log = logging.getLogger(__name__)
 
 _FD_COUNT_SIZE = 4
 _client_ids = itertools.count(1)
@@ -69,7 +72,11 @@ class RPCClient(PacketConnection):
         max_packet: int = PACKET_MAX,
     ) -> None:
         super().__init__(
-            reader, writer, name=name or f"rpc-client {next(_client_ids)}", max_packet=max_packet
+            reader,
+            writer,
+            name=name or f"rpc-client {next(_client_ids)}",
+            max_packet=max_packet,
+            logger=log,
         )
         self._programs = {(p.number, p.version): p for p in programs}
         self._serials = itertools.count(0)
@@ -78,7 +85,7 @@ class RPCClient(PacketConnection):
         self._handler_tasks: set[asyncio.Task[Any]] = set()
         self.keepalive = Keepalive(self)
 
-    # -- construction -------------------------------------------------------------------------
+    # -- construction ------------------------------------------------------------------------
     @classmethod
     async def connect_unix(cls, path: str, **kwargs: Any) -> RPCClient:
         reader, writer = await asyncio.open_unix_connection(path)
@@ -97,7 +104,7 @@ class RPCClient(PacketConnection):
         client.start()
         return client
 
-    # -- calls ----------------------------------------------------------------------------------
+    # -- calls -------------------------------------------------------------------------------
     async def call(
         self, program: Program, proc: int, args: Any = None, *, timeout: float | None = None
     ) -> Any:
@@ -150,7 +157,7 @@ class RPCClient(PacketConnection):
                                           on_serial=register)  # fmt: skip
         except BaseException:
             if opened:
-                opened[0].connection_lost("the opening call failed")
+                opened[0].discard("the opening call failed")
             raise
         stream = opened[0]
         stream.reply = self._decode_ret(spec, payload)
@@ -169,7 +176,7 @@ class RPCClient(PacketConnection):
         except XDRError as exc:
             raise RPCError(f"Unable to decode {spec.name} reply: {exc}") from None
 
-    # -- events and keepalive ----------------------------------------------------------------------
+    # -- events and keepalive ----------------------------------------------------------------
     def add_event_handler(self, handler: EventHandler) -> None:
         self._handlers.append(handler)
 
@@ -178,9 +185,9 @@ class RPCClient(PacketConnection):
 
     def start_keepalive(self, interval: float, count: int) -> None:
         """Ping the server when idle; close after ``count`` unanswered pings."""
-        self.keepalive.start(interval, count)
+        self.keepalive.start(interval, count, paused=lambda: self.is_reading_paused)
 
-    # -- incoming packets ------------------------------------------------------------------------
+    # -- incoming packets --------------------------------------------------------------------
     async def _handle_packet(self, packet: Packet) -> None:
         hdr = packet.header
         if hdr.prog == KEEPALIVE_PROGRAM:

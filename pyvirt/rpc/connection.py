@@ -38,7 +38,8 @@ log = logging.getLogger(__name__)
 
 #: how long close() waits for queued packets to reach the peer
 FLUSH_TIMEOUT = 2.0
-SEND_QUEUE_PACKETS = 64
+#: bytes queued for the writer before send() waits (one packet always fits)
+SEND_QUEUE_BYTES = 1 << 20
 
 
 class Runstate(enum.Enum):
@@ -72,9 +73,10 @@ class PacketConnection:
         *,
         name: str,
         max_packet: int = PACKET_MAX,
+        logger: logging.Logger = log,
     ) -> None:
         self.name = name
-        self.log = ContextLog(log, {"ctx": name})
+        self.log = ContextLog(logger, {"ctx": name})
         self.runstate = Runstate.IDLE
         #: monotonic time of the last packet received (any packet proves the peer alive)
         self.last_rx = time.monotonic()
@@ -82,9 +84,10 @@ class PacketConnection:
         self._reader = reader
         self._writer = writer
         self._max_packet = max_packet
-        self._outq: asyncio.Queue[tuple[bytes, bytes | memoryview] | None] = asyncio.Queue(
-            SEND_QUEUE_PACKETS
-        )
+        self._outq: asyncio.Queue[tuple[bytes, bytes | memoryview] | None] = asyncio.Queue()
+        self._queued_bytes = 0
+        self._room = asyncio.Event()
+        self._room.set()
         self._tasks: list[asyncio.Task[None]] = []
         self._close_task: asyncio.Task[None] | None = None
         self._closed = asyncio.Event()
@@ -92,7 +95,7 @@ class PacketConnection:
         #: open data streams of this connection, by (prog, proc, serial)
         self.streams: dict[StreamKey, Stream] = {}
 
-    # -- lifecycle ------------------------------------------------------------------------
+    # -- lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
         if self.runstate is not Runstate.IDLE:
             raise RuntimeError(f"{self.name}: start() in state {self.runstate.value}")
@@ -130,8 +133,8 @@ class PacketConnection:
     async def _shutdown(self) -> None:
         reader_task, writer_task = self._tasks
         reader_task.cancel()
-        with contextlib.suppress(asyncio.QueueFull):
-            self._outq.put_nowait(None)  # writer: flush the queue, then stop
+        self._room.set()  # wake blocked senders: they see the state and raise
+        self._outq.put_nowait(None)  # writer: flush the queue, then stop
         done, _ = await asyncio.wait([writer_task], timeout=FLUSH_TIMEOUT)
         if not done:
             writer_task.cancel()
@@ -142,18 +145,25 @@ class PacketConnection:
         self.runstate = Runstate.CLOSED
         self.log.debug("closed: %s", self.close_reason)
         for stream in list(self.streams.values()):
-            stream.connection_lost(self.close_reason or "closed")
+            stream.discard(self.close_reason or "closed")
         try:
             await self._on_closed()
         finally:
             self._closed.set()
 
-    # -- sending ----------------------------------------------------------------------------
+    # -- sending -----------------------------------------------------------------------------
     async def send(self, header: Header, payload: bytes | memoryview = b"") -> None:
-        """Queue one packet for the writer task; waits while the queue is full."""
-        if self.runstate is not Runstate.RUNNING:
-            raise ConnectionClosedError(f"connection closed: {self.close_reason or 'not open'}")
-        await self._outq.put((encode_prefix(header, len(payload)), payload))
+        """Queue one packet for the writer task; waits while too many bytes are queued."""
+        prefix = encode_prefix(header, len(payload))
+        while True:
+            if self.runstate is not Runstate.RUNNING:
+                raise ConnectionClosedError(f"connection closed: {self.close_reason or 'not open'}")
+            if self._queued_bytes < SEND_QUEUE_BYTES:
+                break
+            self._room.clear()
+            await self._room.wait()
+        self._queued_bytes += len(prefix) + len(payload)
+        self._outq.put_nowait((prefix, payload))
 
     async def _writer_loop(self) -> None:
         try:
@@ -163,10 +173,13 @@ class PacketConnection:
                 if payload:
                     self._writer.write(payload)
                 await self._writer.drain()
+                self._queued_bytes -= len(prefix) + len(payload)
+                if self._queued_bytes < SEND_QUEUE_BYTES:
+                    self._room.set()
         except (ConnectionError, OSError) as exc:
             self.abort(f"write failed: {exc}")
 
-    # -- receiving --------------------------------------------------------------------------
+    # -- receiving ---------------------------------------------------------------------------
     async def _reader_loop(self) -> None:
         reason = "end of stream"
         try:
@@ -200,7 +213,7 @@ class PacketConnection:
     async def _handle_packet(self, packet: Packet) -> None:
         raise NotImplementedError
 
-    # -- streams --------------------------------------------------------------------------
+    # -- streams -----------------------------------------------------------------------------
     def new_stream(self, call: Header) -> Stream:
         """Register a stream for ``call`` (before the call's packets can arrive)."""
         stream = Stream(self, call, on_done=self._forget_stream)

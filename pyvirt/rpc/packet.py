@@ -21,7 +21,7 @@ import dataclasses
 import enum
 import struct
 
-# -- programs ----------------------------------------------------------------------------
+# -- programs --------------------------------------------------------------------------------
 REMOTE_PROGRAM = 0x20008086
 QEMU_PROGRAM = 0x20008087
 LXC_PROGRAM = 0x00068000
@@ -29,7 +29,7 @@ KEEPALIVE_PROGRAM = 0x6B656570
 ADMIN_PROGRAM = 0x06900690
 PROTOCOL_VERSION = 1
 
-# -- sizes (libvirt's VIR_NET_MESSAGE_*) ---------------------------------------------------
+# -- sizes (libvirt's VIR_NET_MESSAGE_*) -----------------------------------------------------
 LEN_SIZE = 4
 HEADER_SIZE = 24
 MESSAGE_MAX = 33_554_432  # header + payload

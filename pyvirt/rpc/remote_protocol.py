@@ -169,7 +169,7 @@ def _ret1(name: str, field: str, kind: XDRType[Any]) -> XDRType[Any]:
     return _struct(f"{name}_ret", (field, kind))
 
 
-# -- table helpers ----------------------------------------------------------------------------
+# -- table helpers ---------------------------------------------------------------------------
 def _p(
     proc: RemoteProc,
     args: XDRType[Any] = Void,
@@ -200,7 +200,7 @@ def _msg(proc: RemoteProc, body: XDRType[Any]) -> ProcSpec:
     )
 
 
-# -- connection -------------------------------------------------------------------------------
+# -- connection ------------------------------------------------------------------------------
 _SASL_DATA: Field = ("data", CharArray(AUTH_SASL_DATA_MAX))
 _SASL_RET = _struct("auth_sasl_step_ret", ("complete", Int), ("nil", Int), _SASL_DATA)
 
@@ -258,7 +258,7 @@ _CONNECTION = [
        api="virConnectSetIdentity"),
 ]  # fmt: skip
 
-# -- listing and lookup -----------------------------------------------------------------------
+# -- listing and lookup ----------------------------------------------------------------------
 _NUM = _ret1("connect_num_of_domains", "num", Int)
 
 _LISTING = [
@@ -285,7 +285,7 @@ _LISTING = [
        api="virConnectListDefinedDomains", ro=True, prio=True),
 ]  # fmt: skip
 
-# -- domain information -----------------------------------------------------------------------
+# -- domain information ----------------------------------------------------------------------
 _INFO = [
     _p(RP.DOMAIN_GET_XML_DESC, DomFlagsArgs, _ret1("domain_get_xml_desc", "xml", NonnullString),
        api="virDomainGetXMLDesc", ro=True),
@@ -322,7 +322,7 @@ _INFO = [
        api="virDomainGetMessages", ro=True),
 ]  # fmt: skip
 
-# -- lifecycle --------------------------------------------------------------------------------
+# -- lifecycle -------------------------------------------------------------------------------
 _XML_FLAGS = _struct("domain_xml_flags_args", ("xml", NonnullString), _FLAGS)
 
 _LIFECYCLE = [
@@ -349,7 +349,7 @@ _LIFECYCLE = [
     _p(RP.DOMAIN_CREATE_WITH_FLAGS, DomFlagsArgs, DomRet, api="virDomainCreateWithFlags"),
 ]  # fmt: skip
 
-# -- jobs and migration tuning ----------------------------------------------------------------
+# -- jobs and migration tuning ---------------------------------------------------------------
 _JOB_INFO_FIELDS = (
     "time_elapsed", "time_remaining", "data_total", "data_processed", "data_remaining",
     "mem_total", "mem_processed", "mem_remaining", "file_total", "file_processed",
@@ -386,7 +386,7 @@ _JOBS = [
     _p(RP.DOMAIN_MIGRATE_START_POST_COPY, DomFlagsArgs, api="virDomainMigrateStartPostCopy"),
 ]  # fmt: skip
 
-# -- migration v3 with parameters -------------------------------------------------------------
+# -- migration v3 with parameters ------------------------------------------------------------
 _PARAMS: Field = ("params", MigrateParams)
 _COOKIE_IN: Field = ("cookie_in", Cookie)
 _COOKIE_OUT: Field = ("cookie_out", Cookie)
@@ -419,7 +419,7 @@ _MIGRATION = [
        api="virDomainMigrateConfirm3Params"),
 ]  # fmt: skip
 
-# -- events -----------------------------------------------------------------------------------
+# -- events ----------------------------------------------------------------------------------
 _CALLBACK_ID: Field = ("callback_id", Int)
 _LIFECYCLE_MSG = _struct("domain_event_lifecycle_msg", _DOM, ("event", Int), ("detail", Int))
 

@@ -28,7 +28,7 @@ from pyvirt.rpc.types import (
 )
 from pyvirt.rpc.xdr import Packer, Unpacker, XDRError
 
-# -- limits (libvirt's numbers) -----------------------------------------------------------
+# -- limits (libvirt's numbers) --------------------------------------------------------------
 STRING_MAX = 4_194_304
 MIGRATE_COOKIE_MAX = 4_194_304
 DOMAIN_LIST_MAX = 16_384
@@ -43,7 +43,7 @@ CONNECT_IDENTITY_PARAMS_MAX = 20
 DOMAIN_MESSAGES_MAX = 2048
 UUID_LEN = 16
 
-# -- strings ------------------------------------------------------------------------------
+# -- strings ---------------------------------------------------------------------------------
 NonnullString: XDRType[str] = String(STRING_MAX, "remote_nonnull_string")
 OptString: XDRType[str | None] = Optional(NonnullString, "remote_string")
 UUID: XDRType[bytes] = FixedOpaque(UUID_LEN, "remote_uuid")
@@ -78,7 +78,7 @@ OptNetwork: XDRType[Any] = Optional(Network, "remote_network")
 DomainList: XDRType[Any] = Array(Domain, DOMAIN_LIST_MAX)
 
 
-# -- typed parameters ---------------------------------------------------------------------
+# -- typed parameters ------------------------------------------------------------------------
 class TypedParamType(enum.IntEnum):
     """virTypedParameterType: the discriminant of ``remote_typed_param_value``."""
 
@@ -181,7 +181,7 @@ MigrateParams = typed_params(MIGRATE_PARAM_LIST_MAX)
 JobStatsParams = typed_params(JOB_STATS_MAX)
 
 
-# -- remote_error ---------------------------------------------------------------------------
+# -- remote_error ----------------------------------------------------------------------------
 @dataclasses.dataclass(frozen=True, slots=True)
 class RemoteError:
     """``remote_error`` (same layout as ``virNetMessageError``).

@@ -91,7 +91,7 @@ class Stream:
         return Header(self._call.prog, self._call.vers, self._call.proc, MessageType.STREAM,
                       self._call.serial, status)  # fmt: skip
 
-    # -- outgoing ---------------------------------------------------------------------------
+    # -- outgoing ----------------------------------------------------------------------------
     async def send(self, data: bytes | bytearray | memoryview) -> None:
         """Send data; waits while the connection's send queue is full (backpressure)."""
         self._check_open("send")
@@ -135,7 +135,7 @@ class Stream:
             await self._conn.send(self._header(MessageStatus.ERROR), error_to_wire(exc))
         self._fail(exc if isinstance(exc, VirtError) else StreamError(f"stream failed: {exc}"))
 
-    # -- incoming -----------------------------------------------------------------------------
+    # -- incoming ----------------------------------------------------------------------------
     async def recv(self) -> bytes:
         """Next chunk of data; ``b""`` once the peer has finished.  Raises on abort/error."""
         while True:
@@ -154,7 +154,10 @@ class Stream:
         hdr = packet.header
         if self.closed:
             return
-        if hdr.type == MessageType.REPLY or hdr.status == MessageStatus.ERROR:
+        if hdr.type == MessageType.STREAM_HOLE:
+            # holes exist only for sparse volume streams, which pyvirt never opens
+            log.debug("%r: ignoring STREAM_HOLE", self)
+        elif hdr.type == MessageType.REPLY or hdr.status == MessageStatus.ERROR:
             await self._on_error(packet)
         elif hdr.status == MessageStatus.CONTINUE:
             if not self._peer_finished and packet.payload:
@@ -185,7 +188,7 @@ class Stream:
         with self._conn.reading_paused():
             await self._incoming.put(item)
 
-    # -- ending -------------------------------------------------------------------------------
+    # -- ending ------------------------------------------------------------------------------
     def _check_open(self, what: str) -> None:
         if self._error is not None:
             raise self._error
@@ -213,7 +216,8 @@ class Stream:
             self.closed = True
             self._on_done(self)
 
-    def connection_lost(self, reason: str) -> None:
+    def discard(self, reason: str) -> None:
+        """Close without telling the peer (connection gone, or the opening call failed)."""
         self._fail(StreamError(f"stream closed: connection lost ({reason})"))
 
 

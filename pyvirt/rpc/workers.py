@@ -57,7 +57,7 @@ class WorkerPool:
         self._quit = False
         self._seq = 0
 
-    # -- lifecycle -----------------------------------------------------------------------
+    # -- lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
         self._spawn_up_to_targets()
 
@@ -73,7 +73,7 @@ class WorkerPool:
         self._prio_jobs.clear()
         self._depth = self._n_workers = self._n_prio = self._free = self._free_prio = 0
 
-    # -- jobs -------------------------------------------------------------------------------
+    # -- jobs --------------------------------------------------------------------------------
     async def submit(self, run: Job, *, priority: bool = False) -> None:
         """Queue a job; it runs as soon as a suitable worker is free."""
         if self._quit:
@@ -116,7 +116,7 @@ class WorkerPool:
             self._spawn_up_to_targets()
             self._cond.notify_all()  # idle surplus workers retire
 
-    # -- workers ------------------------------------------------------------------------------
+    # -- workers -----------------------------------------------------------------------------
     def _spawn_up_to_targets(self) -> None:
         while self._n_workers < self.min_workers:
             self._spawn(prio=False)

@@ -75,7 +75,7 @@ class Packer:
     def __len__(self) -> int:
         return len(self._buf)
 
-    # -- scalars -------------------------------------------------------------------
+    # -- scalars -----------------------------------------------------------------------------
     def pack_int(self, value: int) -> None:
         _check_range("int", value, INT_MIN, INT_MAX)
         self._buf += _INT.pack(value)
@@ -118,7 +118,7 @@ class Packer:
         _check_range("unsigned short", value, 0, 2**16 - 1)
         self._buf += _UINT.pack(value)
 
-    # -- byte strings --------------------------------------------------------------
+    # -- byte strings ------------------------------------------------------------------------
     def pack_fixed_opaque(self, data: bytes, size: int) -> None:
         if len(data) != size:
             raise XDRError(f"opaque[{size}]: got {len(data)} bytes")
@@ -160,7 +160,7 @@ class Packer:
         words = [b - 256 if b > 127 else b for b in data]
         self._buf += struct.pack(f">{len(words)}i", *words)
 
-    # -- composites ----------------------------------------------------------------
+    # -- composites --------------------------------------------------------------------------
     def pack_optional(self, value: T | None, pack_item: Callable[[T], None]) -> None:
         if value is None:
             self._buf += _UINT.pack(0)
@@ -221,7 +221,7 @@ class Unpacker:
         value: int = fmt.unpack_from(self._buf, pos)[0]
         return value
 
-    # -- scalars -------------------------------------------------------------------
+    # -- scalars -----------------------------------------------------------------------------
     def unpack_int(self) -> int:
         return self._unpack(_INT, "int")
 
@@ -264,7 +264,7 @@ class Unpacker:
     def unpack_ushort(self) -> int:
         return self._ranged("unsigned short", self.unpack_uint(), 0, 2**16 - 1)
 
-    # -- byte strings --------------------------------------------------------------
+    # -- byte strings ------------------------------------------------------------------------
     def _padding(self, n: int, what: str) -> None:
         pad = _pad_len(n)
         if pad:
@@ -318,7 +318,7 @@ class Unpacker:
         except ValueError:
             raise XDRError(f"{what}: element out of char range") from None
 
-    # -- composites ----------------------------------------------------------------
+    # -- composites --------------------------------------------------------------------------
     def unpack_optional(self, unpack_item: Callable[[], T]) -> T | None:
         flag = self.unpack_uint()
         if flag == 0:

@@ -111,7 +111,8 @@ class FakeQemu:
         return {}
 
     def cmd_query_chardev(self, args: dict[str, Any]) -> Any:
-        labels = [a.split(",")[0].split("id=")[-1] for a in self._chardev_args()]
+        labels = [part[3:] for arg in self._chardev_args() for part in arg.split(",")
+                  if part.startswith("id=")]
         return [{"label": label, "filename": f"pty:/dev/pts/{90 + i}", "frontend-open": False}
                 for i, label in enumerate(labels) if label != "charmonitor"]
 
@@ -141,8 +142,7 @@ async def serve_qmp(fake: FakeQemu, reader: asyncio.StreamReader,
     writer.write((json.dumps(greeting) + "\r\n").encode())
     fake.writers.append(writer)
     try:
-        while line := await reader.readline():
-            request = json.loads(line)
+        async for request in _json_stream(reader):
             reply: dict[str, Any]
             try:
                 result = fake.command(request["execute"], request.get("arguments", {}))
@@ -157,6 +157,22 @@ async def serve_qmp(fake: FakeQemu, reader: asyncio.StreamReader,
         pass
     finally:
         fake.writers.remove(writer)
+
+
+async def _json_stream(reader: asyncio.StreamReader) -> Any:
+    """Yield JSON objects from a stream; like QEMU, no newline is needed between them."""
+    decoder = json.JSONDecoder()
+    buffer = ""
+    while chunk := await reader.read(65536):
+        buffer += chunk.decode()
+        while buffer.strip():
+            stripped = buffer.lstrip()
+            try:
+                obj, end = decoder.raw_decode(stripped)
+            except json.JSONDecodeError:
+                break  # incomplete: wait for more bytes
+            buffer = stripped[end:]
+            yield obj
 
 
 async def serve_control(fake: FakeQemu, reader: asyncio.StreamReader,

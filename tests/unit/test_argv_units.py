@@ -244,14 +244,35 @@ def test_on_reboot_destroy() -> None:
     assert one(argv_of(dom), "-action") == "reboot=shutdown"
 
 
-def test_boot_order_and_kernel() -> None:
+def test_kernel() -> None:
     dom = make_dom()
-    dom.os.boot_devs = ["cdrom", "hd", "network"]
     dom.os.kernel, dom.os.initrd, dom.os.cmdline = "/k", "/i", "console=ttyS0 -- x"
     argv = argv_of(dom)
-    assert one(argv, "-boot") == "order=dcn,strict=on"
     assert (one(argv, "-kernel"), one(argv, "-initrd")) == ("/k", "/i")
     assert one(argv, "-append") == "console=ttyS0 -- x"
+
+
+def test_os_boot_devs_become_bootindexes() -> None:
+    dom = make_dom()
+    dom.os.boot_devs = ["fd", "cdrom", "hd", "network"]
+    dom.devices.disks = [disk("vda", "virtio"), disk("vdb", "virtio"),
+                         disk("hdc", "ide", device="cdrom")]
+    dom.devices.interfaces = [InterfaceDef("user", mac="52:54:00:00:00:01"),
+                              InterfaceDef("user", mac="52:54:00:00:00:02")]
+    argv = argv_of(dom)
+    assert one(argv, "-boot") == "strict=on"
+    boot = [next((p for p in d.split(",") if p.startswith("bootindex=")), None)
+            for d in values(argv, "-device")]
+    # vda, vdb, hdc, net0, net1: first disk, first cdrom, first NIC; fd leaves a gap
+    assert boot == ["bootindex=3", None, "bootindex=2", "bootindex=4", None]
+
+
+@pytest.mark.parametrize("devs", [["hd", "hd"], ["floppy"]])
+def test_os_boot_devs_refused(devs: list[str]) -> None:
+    dom = make_dom()
+    dom.os.boot_devs = devs
+    with pytest.raises(ConfigUnsupportedError, match="boot device"):
+        argv_of(dom)
 
 
 def test_os_boot_and_device_boot_conflict() -> None:
@@ -322,6 +343,7 @@ def test_io_modes() -> None:
 
 @pytest.mark.parametrize("kw", [
     {"io": "native"}, {"io": "native", "cache": "writeback"}, {"io": "posix"},
+    {"io": "native", "cache": "default"},
     {"cache": "fast"}, {"driver_type": "vmdk"}, {"driver_name": "tap"},
 ])
 def test_disk_driver_refusals(kw: dict[str, str]) -> None:
@@ -408,27 +430,27 @@ def test_disk_name_index() -> None:
 def test_controllers() -> None:
     dom = make_dom("pc-q35-10.0")
     dom.devices.controllers = [
-        ControllerDef("virtio-serial", 0, address=PCIAddress(bus=1, slot=0)),
-        ControllerDef("pci", 1, "pcie-root-port", address=PCIAddress(slot=2)),
+        ControllerDef("virtio-serial", 0, address=PCIAddress(slot=7)),
         ControllerDef("pci", 0, "pcie-root"),
-        ControllerDef("usb", 0, "qemu-xhci", address=PCIAddress(bus=2)),
-        ControllerDef("pci", 2, "pcie-root-port",
-                      address=PCIAddress(slot=2, function=1)),
+        ControllerDef("usb", 0, "qemu-xhci", address=PCIAddress(slot=1)),
         ControllerDef("scsi", 0, "virtio-scsi", address=PCIAddress(slot=5)),
         ControllerDef("sata", 0),
+        ControllerDef("sata", 1, address=PCIAddress(slot=6)),
     ]
+    # in table order (usb, sata, scsi, virtio-serial); the root and ICH9 AHCI are built in
     assert values(argv_of(dom), "-device") == [
-        "pcie-root-port,port=16,chassis=1,id=pci.1,bus=pcie.0,addr=0x2",
-        "pcie-root-port,port=17,chassis=2,id=pci.2,bus=pcie.0,addr=0x2.0x1",
-        "qemu-xhci,id=usb,bus=pci.2,addr=0x0",
+        "qemu-xhci,id=usb,bus=pcie.0,addr=0x1",
+        "ich9-ahci,id=sata1,bus=pcie.0,addr=0x6",
         "virtio-scsi-pci,id=scsi0,bus=pcie.0,addr=0x5",
-        "virtio-serial-pci,id=virtio-serial0,bus=pci.1,addr=0x0",
+        "virtio-serial-pci,id=virtio-serial0,bus=pcie.0,addr=0x7",
     ]
 
 
 @pytest.mark.parametrize(("machine", "ctrl"), [
     ("pc-q35-10.0", ControllerDef("pci", 0, "pci-root")),
     ("pc-i440fx-10.0", ControllerDef("pci", 1, "pcie-root-port")),
+    ("pc-q35-10.0", ControllerDef("pci", 1, "pci-bridge")),
+    ("pc-i440fx-10.0", ControllerDef("usb", 0, "nec-xhci")),
     ("pc-i440fx-10.0", ControllerDef("usb", 0, "ehci")),
     ("pc-i440fx-10.0", ControllerDef("scsi", 0, "lsilogic")),
     ("pc-i440fx-10.0", ControllerDef("ide", 1)),
@@ -640,7 +662,7 @@ def test_two_vnc_refused() -> None:
 @pytest.mark.parametrize(("video", "expected"), [
     (VideoDef("vga"), "VGA,id=video0,vgamem_mb=16"),
     (VideoDef("vga", vram=32768), "VGA,id=video0,vgamem_mb=32"),
-    (VideoDef("cirrus"), "cirrus-vga,id=video0"),
+    (VideoDef("cirrus", vram=16384), "cirrus-vga,id=video0"),
     (VideoDef("qxl", vram=32768, heads=2),
      "qxl-vga,id=video0,ram_size=67108864,vram_size=33554432,vgamem_mb=16,max_outputs=2"),
     (VideoDef("virtio", heads=1), "virtio-vga,id=video0,max_outputs=1"),

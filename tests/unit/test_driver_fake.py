@@ -103,7 +103,7 @@ async def test_lifecycle_states_and_events(drivers: DriverFactory, short_tmp: Pa
         (LifecycleEvent.SUSPENDED, 0), (LifecycleEvent.RESUMED, 0),
         (LifecycleEvent.STOPPED, EventStoppedDetail.DESTROYED),
     ]
-    assert not list((driver.settings.run_dir / "qemu").iterdir())
+    assert not list(driver.settings.status_dir.iterdir())
 
 
 async def test_pty_path_recorded_in_live_xml(drivers: DriverFactory, short_tmp: Path) -> None:

@@ -21,6 +21,7 @@ from pyvirt.lab.guest import (
     EXIT_RE,
     HEARTBEAT_RE,
     MEM_CORRUPT_RE,
+    POWEROFF_RE,
     READY_RE,
     SELFTEST_RE,
     GuestConfigError,
@@ -88,6 +89,18 @@ def test_cmdline_carries_console_and_workload_settings() -> None:
     assert "panic=0" in args  # halt, never boot-loop, on a panic
     assert args[-2:] == ["pvw.dirty_mb=32", "pvw.dirty_rate=5"]
     assert not any(a.startswith("pvw.disk") for a in args)
+
+
+def test_poweroff_after_is_on_the_cmdline_only_when_set() -> None:
+    assert not [a for a in _cmdline(_parse(domain_xml("g1"))) if "poweroff" in a]
+    assert "poweroff" not in guest.kernel_cmdline(8, 0, poweroff_after=0)
+    args = _cmdline(_parse(domain_xml("g1", dirty_mb=8, poweroff_after=30)))
+    assert args[-3:] == ["pvw.dirty_mb=8", "pvw.dirty_rate=0", "pvw.poweroff_after=30"]
+    cmdline = guest.kernel_cmdline(4, 2, disk=True, disk_mb=1, poweroff_after=5).split()
+    assert cmdline[-4:] == [
+        "pvw.dirty_rate=2", f"pvw.disk={guest.GUEST_DISK_DEV}", "pvw.disk_mb=1",
+        "pvw.poweroff_after=5",
+    ]  # fmt: skip
 
 
 def test_memory_type_and_guest_image_are_used(tmp_path: Path) -> None:
@@ -165,7 +178,7 @@ def test_relative_disk_path_becomes_absolute(
 
 def test_names_and_paths_are_escaped(tmp_path: Path) -> None:
     name = "a<b>&'\"c"
-    path = tmp_path / "it's \"q\" & <x>.raw"
+    path = tmp_path / 'it\'s "q" & <x>.raw'
     xml = domain_xml(name, disk=path, disk_format="raw")
     root = _parse(xml)
     assert root.findtext("name") == name
@@ -189,6 +202,9 @@ def test_names_and_paths_are_escaped(tmp_path: Path) -> None:
         ({"dirty_mb": 1.5}, "dirty-mb"),
         ({"domain_type": "xen"}, "domain type"),
         ({"disk": "x.raw", "disk_format": "vdi"}, "disk format"),
+        ({"poweroff_after": -1}, "poweroff-after"),
+        ({"poweroff_after": 2.5}, "poweroff-after"),
+        ({"poweroff_after": True}, "poweroff-after"),
     ],
 )
 def test_bad_parameters_are_refused(kwargs: dict[str, object], message: str) -> None:
@@ -222,6 +238,13 @@ def test_cli_xml_prints_the_domain(capsys: pytest.CaptureFixture[str]) -> None:
     assert _cmdline(root)[-2:] == ["pvw.dirty_mb=64", "pvw.dirty_rate=10"]
 
 
+def test_cli_xml_poweroff_after(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["guest", "xml", "g", "--poweroff-after", "7"]) == 0
+    assert _cmdline(_parse(capsys.readouterr().out))[-1] == "pvw.poweroff_after=7"
+    assert cli.main(["guest", "xml", "g", "--poweroff-after", "0"]) == 0
+    assert not [a for a in _cmdline(_parse(capsys.readouterr().out)) if "poweroff" in a]
+
+
 def test_cli_xml_with_disk(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = tmp_path / "d.qcow2"
     assert cli.main(["guest", "xml", "g", "--disk", str(path), "--disk-format", "qcow2"]) == 0
@@ -240,6 +263,8 @@ def test_cli_xml_with_disk(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
         ["guest", "xml", "g", "--memory", "256", "--dirty-mb", "256"],
         ["guest", "xml", "g", "--dirty-rate", "x"],
         ["guest", "xml", "g", "--type", "xen"],
+        ["guest", "xml", "g", "--poweroff-after", "-1"],
+        ["guest", "xml", "g", "--poweroff-after", "soon"],
         ["guest", "xml"],
         ["guest", "frobnicate"],
         ["guest"],
@@ -299,8 +324,7 @@ def test_other_line_regexes() -> None:
     ready = READY_RE.match("PVW READY dirty_mb=32 dirty_rate=0 disk=none uptime_ms=1540")
     assert ready is not None and ready.group("disk") == "none"
     mem = MEM_CORRUPT_RE.match(
-        "PVW CORRUPT mem page=3 word=146 expected=0x00000002afd9d5ab "
-        "got=0x00000001afd9d5ab pass=2"
+        "PVW CORRUPT mem page=3 word=146 expected=0x00000002afd9d5ab got=0x00000001afd9d5ab pass=2"
     )
     assert mem is not None and mem.group("page") == "3" and mem.group("pass_") == "2"
     disk_ready = DISK_READY_RE.match("PVW DISKREADY dev=/dev/vda blocks=4096 direct=1")
@@ -313,6 +337,10 @@ def test_other_line_regexes() -> None:
     assert exit_m is not None and exit_m.group("rc") == "137"
     selftest = SELFTEST_RE.match("PVW SELFTEST OK mem_corrupt=1 disk_corrupt=2")
     assert selftest is not None and selftest.group("result") == "OK"
+    for reason in ("acpi", "timer"):
+        poweroff = POWEROFF_RE.match(f"PVW POWEROFF reason={reason}\r")
+        assert poweroff is not None and poweroff.group("reason") == reason
+    assert POWEROFF_RE.match("PVW POWEROFF reason=whim") is None
 
 
 def test_corrupt_mark_covers_memory_and_disk_only() -> None:
@@ -332,9 +360,14 @@ def test_workload_source_prints_the_documented_prefixes() -> None:
         '"PVW DISK %" PRIu64 " gen=%" PRIu32 " written=%" PRIu64 " verified=%" PRIu64',
         '"PVW CORRUPT disk block=%" PRIu64 " expected_gen=%" PRIu32 " got_gen=%" PRIu64',
         '"PVW SELFTEST %s mem_corrupt=%" PRIu64 " disk_corrupt=%" PRIu64',
+        '"PVW POWEROFF reason=%s"',
     ):
         assert prefix in source, prefix
-    assert 'echo "PVW EXIT rc=$?"' in guest.INIT_SOURCE.read_text()
+    assert 'return "acpi";' in source and 'return "timer";' in source
+    init = guest.INIT_SOURCE.read_text()
+    assert 'echo "PVW EXIT rc=$?"' in init
+    # The power-button drivers always load; the workload really powers off only there.
+    assert "load_modules power\n" in init and "/bin/pvworkload --guest\n" in init
 
 
 # ---- initramfs writer ----------------------------------------------------------------
@@ -358,8 +391,9 @@ def _read_cpio(data: bytes) -> dict[str, tuple[int, bytes, tuple[int, int]]]:
 
 
 def test_initramfs_layout() -> None:
-    modules = [("virtio", b"\x7fELF-a"), ("virtio_blk", b"\x7fELF-b")]
-    image = guest.build_initramfs(b"BUSYBOX", b"WORKLOAD", b"#!/bin/sh\n", modules)
+    disk = [("virtio", b"\x7fELF-a"), ("virtio_blk", b"\x7fELF-b")]
+    power = [("button", b"\x7fELF-c"), ("evdev", b"\x7fELF-d")]
+    image = guest.build_initramfs(b"BUSYBOX", b"WORKLOAD", b"#!/bin/sh\n", disk, power)
     entries = _read_cpio(gzip.decompress(image))
     assert entries["init"] == (0o100755, b"#!/bin/sh\n", (0, 0))
     assert entries["bin/busybox"][:2] == (0o100755, b"BUSYBOX")
@@ -369,11 +403,24 @@ def test_initramfs_layout() -> None:
     for d in ("dev", "proc", "sys", "tmp", "lib/modules"):
         assert entries[d][0] == 0o040755
     assert entries["lib/modules/virtio_blk.ko"][1] == b"\x7fELF-b"
-    assert entries["lib/modules/order"][1] == b"virtio.ko\nvirtio_blk.ko\n"
+    assert entries["lib/modules/evdev.ko"][1] == b"\x7fELF-d"
+    assert entries["lib/modules/disk.order"][1] == b"virtio.ko\nvirtio_blk.ko\n"
+    assert entries["lib/modules/power.order"][1] == b"button.ko\nevdev.ko\n"
+
+
+def test_initramfs_module_sets_may_be_empty_or_overlap() -> None:
+    entries = _read_cpio(gzip.decompress(guest.build_initramfs(b"B", b"W", b"I", [])))
+    assert entries["lib/modules/disk.order"][1] == entries["lib/modules/power.order"][1] == b""
+    assert not [n for n in entries if n.endswith(".ko")]
+    shared = [("input_core", b"\x7fELF-i")]
+    image = guest.build_initramfs(b"B", b"W", b"I", shared, [*shared, ("evdev", b"e")])
+    archive = gzip.decompress(image)
+    assert archive.count(b"lib/modules/input_core.ko\0") == 1  # stored once
+    assert _read_cpio(archive)["lib/modules/power.order"][1] == b"input_core.ko\nevdev.ko\n"
 
 
 def test_initramfs_is_reproducible() -> None:
-    args = (b"B", b"W", b"I", [("m", b"x")])
+    args = (b"B", b"W", b"I", [("m", b"x")], [("p", b"y")])
     assert guest.build_initramfs(*args) == guest.build_initramfs(*args)
 
 
@@ -390,8 +437,9 @@ def _elf(sections: dict[str, bytes], interp: bool = False) -> bytes:
     name_off = 1
     for name, content in [*sections.items(), (".shstrtab", names)]:
         headers.append(
-            struct.pack("<IIQQQQIIQQ", name_off, 1, 0, 0, data_start + len(body),
-                        len(content), 0, 0, 1, 0)  # fmt: skip
+            struct.pack(
+                "<IIQQQQIIQQ", name_off, 1, 0, 0, data_start + len(body), len(content), 0, 0, 1, 0
+            )
         )
         name_off += len(name) + 1
         body += content
@@ -452,6 +500,19 @@ def test_missing_disk_driver_is_a_build_error(tmp_path: Path) -> None:
                          {"virtio_blk": "virtio"})  # fmt: skip
     with pytest.raises(guest.GuestBuildError, match="virtio"):
         guest.disk_modules(tree2)
+
+
+def test_power_modules_for_the_acpi_button_and_evdev(tmp_path: Path) -> None:
+    tree = _kernel_tree(
+        tmp_path, "CONFIG_ACPI_BUTTON=m\nCONFIG_INPUT_EVDEV=m\nCONFIG_VIRTIO_BLK=m\n",
+        {"button": "", "evdev": "", "virtio_blk": ""},
+    )  # fmt: skip
+    assert [name for name, _ in guest.power_modules(tree)] == ["button", "evdev"]
+    built_in = _kernel_tree(tmp_path / "b", "CONFIG_ACPI_BUTTON=y\nCONFIG_INPUT_EVDEV=y\n", {})
+    assert guest.power_modules(built_in) == []
+    no_evdev = _kernel_tree(tmp_path / "c", "CONFIG_ACPI_BUTTON=y\n", {})
+    with pytest.raises(guest.GuestBuildError, match="CONFIG_INPUT_EVDEV"):
+        guest.power_modules(no_evdev)
 
 
 # ---- build cache ---------------------------------------------------------------------

@@ -27,6 +27,7 @@ from pyvirt.rpc.types import (
     Array,
     CharArray,
     Enum,
+    Field,
     FixedArray,
     FixedCharArray,
     Hyper,
@@ -65,10 +66,9 @@ def test_domain_get_info_is_32_bytes() -> None:
 
 
 def test_node_get_info_is_160_bytes() -> None:
+    ints: list[Field] = [(f, Int) for f in ("cpus", "mhz", "nodes", "sockets", "cores", "threads")]
     node_info = Struct(
-        "remote_node_get_info_ret",
-        [("model", FixedCharArray(32)), ("memory", UHyper)]
-        + [(f, Int) for f in ("cpus", "mhz", "nodes", "sockets", "cores", "threads")],
+        "remote_node_get_info_ret", [("model", FixedCharArray(32)), ("memory", UHyper), *ints]
     )
     value = {"model": b"x86_64".ljust(32, b"\0"), "memory": 1, "cpus": 2, "mhz": 3}
     value |= {"nodes": 1, "sockets": 1, "cores": 2, "threads": 1}
@@ -131,7 +131,7 @@ def test_array_descriptors() -> None:
     with pytest.raises(XDRError):
         arr.encode([1, 2, 3, 4])
     with pytest.raises(XDRError):
-        arr.encode("abc")  # a str is not a list
+        arr.encode("abc")  # type: ignore[arg-type]  # a str is not a list
     # a count that the remaining bytes cannot hold is refused before decoding elements
     with pytest.raises(XDRError):
         Array(Domain).decode(struct.pack(">I", 1000) + b"\0" * 40)

@@ -19,6 +19,7 @@ directory) to the real QEMU and quits it over QMP: proof the syntax is what QEMU
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import shutil
@@ -37,6 +38,7 @@ from pyvirt.conf.domain_defaults import HostDefaults, apply_defaults
 from pyvirt.conf.domain_parse import parse_domain_xml
 from pyvirt.errors import VirtError
 from pyvirt.qemu.argv import LaunchOptions, LaunchPaths, build_argv, format_args
+from pyvirt.qemu.argv_aliases import assign_aliases
 
 DATA = Path(__file__).resolve().parent.parent / "data" / "xml2argv"
 REGENERATE = os.environ.get("PYVIRT_REGENERATE_GOLDENS") == "1"
@@ -105,6 +107,20 @@ def test_xml2argv(case: str) -> None:
     check_golden(DATA / f"{case}.args", format_args(argv))
 
 
+@pytest.mark.parametrize("case", [c for c in CASES if not c.startswith("err-")])
+def test_assigned_aliases_are_the_argv_ids(case: str) -> None:
+    dom = load(case)
+    fill_runtime(dom)
+    before = build_argv(dom, launch_paths(dom.name))
+    assign_aliases(dom)
+    assert build_argv(dom, launch_paths(dom.name)) == before
+    ids = {p[3:] for a in before for p in a.split(",") if p.startswith("id=")}
+    devices = dom.devices
+    aliases = {*(d.alias for d in devices.disks), *(n.alias for n in devices.interfaces),
+               *(v.alias for v in devices.videos), *(c.alias for c in devices.channels)}
+    assert aliases - {None} <= ids
+
+
 @pytest.mark.parametrize("case", [c for c in CASES if c.startswith("err-")])
 def test_xml2argv_refused(case: str) -> None:
     dom = load(case)
@@ -138,6 +154,19 @@ def _kvm_usable() -> bool:
     return os.access("/dev/kvm", os.R_OK | os.W_OK)
 
 
+@functools.cache
+def _kvm_host_cpu_usable() -> bool:
+    """Whether ``-accel kvm -cpu host`` starts here (nested KVM may reject host MSRs)."""
+    qmp = '{"execute":"qmp_capabilities"}\n{"execute":"quit"}\n'
+    probe = [EMULATOR, "-accel", "kvm", "-cpu", "host", "-machine", "pc", "-nodefaults",
+             "-display", "none", "-S", "-qmp", "stdio"]
+    try:
+        done = subprocess.run(probe, input=qmp, capture_output=True, text=True, timeout=30)
+    except subprocess.TimeoutExpired:
+        return False
+    return done.returncode == 0
+
+
 def _free_port(start: int) -> int:
     for port in range(start, start + 1000):
         with socket.socket() as s:
@@ -167,8 +196,10 @@ def _relocate(dom: DomainDef, tmp: Path) -> None:
         if c.type == "unix" and c.source_mode == "connect":
             # QEMU connects at startup: give it a listener
             c.source_mode = "bind"
+    port = 5900 + (37 * os.getpid()) % 3000  # spread parallel runs over the range
     for g in dom.devices.graphics:
-        g.port = _free_port(5900 + 37 * os.getpid() % 3000)
+        g.port = port = _free_port(port)
+        port += 1  # the port just chosen is not bound yet: never hand it out twice
         if g.type == "vnc":
             g.listen = "127.0.0.1"
 
@@ -221,6 +252,9 @@ def test_qemu_accepts_golden_argv(case: str) -> None:
     dom = load(case)
     if dom.type == "kvm" and not _kvm_usable():
         pytest.skip("/dev/kvm not usable")
+    if dom.cpu is not None and dom.cpu.mode in ("host-passthrough", "host-model") \
+            and not _kvm_host_cpu_usable():
+        pytest.skip("-cpu host does not start under this host's KVM")
     fill_runtime(dom)
     with _tmpdir() as tmp:
         _relocate(dom, tmp)

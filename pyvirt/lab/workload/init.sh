@@ -1,12 +1,22 @@
 #!/bin/sh
 # PID 1 of the pyvirt test guest (busybox ash). It mounts the API filesystems, loads
-# the disk driver only when a disk is configured (keeps diskless boots fast), runs
-# the workload, and then stays alive: PID 1 exiting would panic the kernel and bury
-# the workload's last words under the panic report.
+# the power-button drivers (always) and the disk driver (only when a disk is
+# configured: keeps diskless boots fast), runs the workload, and then stays alive:
+# PID 1 exiting would panic the kernel and bury the workload's last words under the
+# panic report. The workload itself powers the guest off (ACPI power button or
+# pvw.poweroff_after); a reset just runs all of this again.
 export PATH=/bin
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
+# devtmpfs also creates /dev/input/event* as evdev registers input devices.
 mount -t devtmpfs devtmpfs /dev
+
+# Insmod a module set in the order the builder wrote (empty if all built in).
+load_modules() {
+    while read -r mod; do
+        insmod "/lib/modules/$mod" || echo "PVW ERROR insmod $mod failed"
+    done < "/lib/modules/$1.order"
+}
 
 disk=
 for arg in $(cat /proc/cmdline); do
@@ -15,11 +25,11 @@ for arg in $(cat /proc/cmdline); do
     esac
 done
 
+# ACPI button + evdev: the power button becomes KEY_POWER on /dev/input/event*.
+load_modules power
+
 if [ -n "$disk" ]; then
-    # Dependencies first; the builder wrote the order (empty if virtio_blk is built in).
-    while read -r mod; do
-        insmod "/lib/modules/$mod" || echo "PVW ERROR insmod $mod failed"
-    done < /lib/modules/order
+    load_modules disk
     n=0
     while [ ! -b "$disk" ] && [ "$n" -lt 100 ]; do
         sleep 0.05
@@ -28,7 +38,8 @@ if [ -n "$disk" ]; then
     [ -b "$disk" ] || echo "PVW ERROR disk $disk did not appear"
 fi
 
-/bin/pvworkload
+# --guest: watch the power button and really power off (never on a host).
+/bin/pvworkload --guest
 echo "PVW EXIT rc=$?"
 while :; do
     sleep 3600

@@ -4,7 +4,9 @@
  * It is the oracle of the migration tests: a heartbeat proves the guest runs, a
  * memory dirtier with a per-page generation pattern proves no guest write is ever
  * lost (the pattern is verified before each rewrite), and an optional disk writer
- * does the same for a block device.
+ * does the same for a block device. It also powers the guest off: on the ACPI power
+ * button (QEMU's system_powerdown arrives as KEY_POWER on /dev/input/event*, from the
+ * button and evdev drivers /init loads) or pvw.poweroff_after seconds after READY.
  *
  * Configuration comes from the kernel command line (/proc/cmdline):
  *   pvw.dirty_mb=N    working set in MiB (0 = no dirtying)
@@ -13,6 +15,7 @@
  *   pvw.disk_mb=N     how much of the disk to cycle over (default 16)
  *   pvw.disk_rate=R   disk MiB/s (0 = unthrottled, default 1)
  *   pvw.hb_ms=N       heartbeat period (default 200)
+ *   pvw.poweroff_after=S  power off S seconds after READY (default 0: never)
  *
  * Console lines (one write(2) each, so they never interleave between processes;
  * pyvirt/lab/guest.py holds the matching regexes):
@@ -24,7 +27,12 @@
  *   PVW CORRUPT disk block=B expected_gen=G got_gen=H why=magic|block|run|gen|checksum
  *   PVW ERROR <message>
  *   PVW SELFTEST OK|FAIL mem_corrupt=N disk_corrupt=N
+ *   PVW POWEROFF reason=acpi|timer     the last line before the guest powers off
  *
+ * Options:
+ *   --guest               running as the test guest's workload: watch the power button
+ *                         and really power off. Without it (on a host) a power-off
+ *                         request (the timer) only prints POWEROFF and ends the workload.
  * Host-side options (the binary is static, so tests run it on the host too):
  *   --cmdline STR         use STR instead of /proc/cmdline
  *   --seconds N           stop after N seconds (default: run forever)
@@ -32,10 +40,13 @@
  *                         and exit 0 only if the verifiers catch exactly that damage
  */
 #define _GNU_SOURCE
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
 #include <linux/fs.h>
+#include <linux/input.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -46,8 +57,10 @@
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
+#include <sys/reboot.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
+#include <termios.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -59,6 +72,9 @@
 #define DISK_WORDS (DISK_BLOCK / 8u)
 #define DISK_MAGIC UINT64_C(0x314b534944575650) /* "PVWDISK1" little-endian */
 #define DISK_PROGRESS_NS UINT64_C(1000000000)
+#define MAX_INPUTS 8
+#define INPUT_DIR "/dev/input"
+#define LONG_BITS (8 * sizeof(unsigned long))
 
 /* Probed words: first, last and spread in between on different cache lines, so a
  * partially transferred page is caught as well as a wholly stale one. */
@@ -66,8 +82,14 @@ static const unsigned probe_words[] = {0, 73, 146, 219, 292, 365, 438, 511};
 #define NPROBE (sizeof(probe_words) / sizeof(probe_words[0]))
 
 struct config {
-    unsigned long dirty_mb, dirty_rate, disk_mb, disk_rate, hb_ms;
+    unsigned long dirty_mb, dirty_rate, disk_mb, disk_rate, hb_ms, poweroff_after;
     char disk[256];
+};
+
+struct options {
+    const char *cmdline;        /* NULL: read /proc/cmdline */
+    double seconds;
+    int selftest, guest;
 };
 
 struct mem {
@@ -76,6 +98,13 @@ struct mem {
     uint32_t passes;            /* completed passes; the current pass writes passes+1 */
     uint64_t dirtied, corrupt;
     unsigned reported;          /* CORRUPT lines printed in this pass (flood guard) */
+};
+
+/* Power-off requests: KEY_POWER on the watched input devices, or the timer. */
+struct power {
+    struct pollfd fds[MAX_INPUTS];
+    nfds_t nfds;
+    uint64_t deadline;          /* pvw.poweroff_after as CLOCK_MONOTONIC ns; 0 = never */
 };
 
 struct disk {
@@ -158,6 +187,7 @@ static int parse_cmdline(const char *cmdline, struct config *cfg)
         {"pvw.disk_mb=", offsetof(struct config, disk_mb)},
         {"pvw.disk_rate=", offsetof(struct config, disk_rate)},
         {"pvw.hb_ms=", offsetof(struct config, hb_ms)},
+        {"pvw.poweroff_after=", offsetof(struct config, poweroff_after)},
     };
     for (const char *p = cmdline; *p;) {
         while (*p == ' ' || *p == '\n')
@@ -403,6 +433,122 @@ static pid_t disk_start(const struct config *cfg, uint64_t stop_at)
     }
 }
 
+/* ---- power-off: ACPI power button and timer ----------------------------------- */
+
+static int has_power_key(int fd)
+{
+    unsigned long bits[KEY_MAX / LONG_BITS + 1];
+    memset(bits, 0, sizeof(bits));
+    if (ioctl(fd, EVIOCGBIT(EV_KEY, sizeof(bits)), bits) < 0)
+        return 0;
+    return (int)((bits[KEY_POWER / LONG_BITS] >> (KEY_POWER % LONG_BITS)) & 1);
+}
+
+/* Watch every input device that can send KEY_POWER (in the guest: the ACPI "Power
+ * Button"). devtmpfs made the nodes when /init loaded evdev. Returns how many. */
+static nfds_t power_open_inputs(struct power *pw, const char *dir)
+{
+    DIR *d = opendir(dir);
+    if (!d)
+        return 0;
+    for (struct dirent *e; pw->nfds < MAX_INPUTS && (e = readdir(d));) {
+        char path[300];
+        if (strncmp(e->d_name, "event", 5) != 0)
+            continue;
+        snprintf(path, sizeof(path), "%s/%s", dir, e->d_name);
+        int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+        if (fd >= 0 && has_power_key(fd))
+            pw->fds[pw->nfds++] = (struct pollfd){.fd = fd, .events = POLLIN};
+        else if (fd >= 0)
+            close(fd);
+    }
+    closedir(d);
+    return pw->nfds;
+}
+
+/* Drain one device's queued events; 1 if one of them pressed KEY_POWER. */
+static int power_key_pressed(int fd)
+{
+    struct input_event ev[16];
+    int pressed = 0;
+    ssize_t n;
+    while ((n = read(fd, ev, sizeof(ev))) > 0)
+        for (size_t i = 0; i < (size_t)n / sizeof(ev[0]); i++)
+            if (ev[i].type == EV_KEY && ev[i].code == KEY_POWER && ev[i].value != 0)
+                pressed = 1;
+    return pressed;
+}
+
+static int power_pressed(struct power *pw)
+{
+    int pressed = 0;
+    for (nfds_t i = 0; i < pw->nfds; i++) {
+        short rev = pw->fds[i].revents;
+        if ((rev & POLLIN) && power_key_pressed(pw->fds[i].fd))
+            pressed = 1;
+        if (rev & (POLLERR | POLLHUP | POLLNVAL)) { /* device gone: stop watching it */
+            close(pw->fds[i].fd);
+            pw->fds[i].fd = -1;
+        }
+    }
+    return pressed;
+}
+
+/* Wait until `until` (CLOCK_MONOTONIC ns; 0: just look) for a power-off request.
+ * Returns its reason, "acpi" or "timer", or NULL once `until` has passed. */
+static const char *power_wait(struct power *pw, uint64_t until)
+{
+    for (int looked = 0;; looked = 1) {
+        uint64_t t = now_ns();
+        if (pw->deadline && t >= pw->deadline)
+            return "timer";
+        if (looked && t >= until)
+            return NULL;
+        uint64_t end = pw->deadline && pw->deadline < until ? pw->deadline : until;
+        uint64_t left = end > t ? end - t : 0;
+        struct timespec ts = {(time_t)(left / 1000000000u), (long)(left % 1000000000u)};
+        int r = ppoll(pw->fds, pw->nfds, &ts, NULL);
+        if (r > 0 && power_pressed(pw))
+            return "acpi";
+        if (r < 0 && errno != EINTR)
+            sleep_until(end);
+    }
+}
+
+static void on_alarm(int sig)
+{
+    (void)sig; /* only interrupts tcdrain() */
+}
+
+/* Let the console transmit what we wrote, for at most `seconds`: a stuck console
+ * must not keep the machine from powering off. */
+static void drain_console(unsigned seconds)
+{
+    struct sigaction sa = {.sa_handler = on_alarm}; /* no SA_RESTART: EINTR ends the wait */
+    sigaction(SIGALRM, &sa, NULL);
+    alarm(seconds);
+    tcdrain(STDOUT_FILENO);
+    alarm(0);
+}
+
+/* The last act: stop the disk writer, say why, flush and power off. Without --guest
+ * (on a host) the workload just ends instead. Returns only if powering off failed. */
+static int power_off(const char *why, pid_t disk_pid, int guest)
+{
+    if (disk_pid > 0) {
+        kill(disk_pid, SIGKILL);
+        waitpid(disk_pid, NULL, 0);
+    }
+    out("PVW POWEROFF reason=%s", why);
+    if (!guest)
+        return 0;
+    sync();
+    drain_console(2); /* the line must leave the UART before the machine stops */
+    reboot(RB_POWER_OFF);
+    out("PVW ERROR power-off failed: %s", strerror(errno));
+    return 1;
+}
+
 /* ---- main loop ------------------------------------------------------------ */
 
 /* Token bucket in pages: refilled at the configured rate, capped at 200 ms worth so
@@ -422,11 +568,15 @@ static size_t mem_budget(double *tokens, uint64_t *last, uint64_t t, unsigned lo
     return BATCH_PAGES;
 }
 
-static void run(const struct config *cfg, struct mem *m, uint64_t stop_at)
+/* Heartbeat and dirty memory until stop_at (0: forever) or a power-off request;
+ * returns the request's reason, or NULL at stop_at. */
+static const char *run(const struct config *cfg, struct mem *m, struct power *pw,
+                       uint64_t stop_at)
 {
     uint64_t hb_ns = (uint64_t)cfg->hb_ms * 1000000u, start = now_ns(), next_hb = start;
     uint64_t hb = 0, last = start;
     double tokens = 0;
+    const char *why;
     for (;;) {
         uint64_t t = now_ns();
         if (t >= next_hb) {
@@ -434,9 +584,11 @@ static void run(const struct config *cfg, struct mem *m, uint64_t stop_at)
                 " corrupt=%" PRIu64, hb++, (t - start) / 1000000u, m->passes,
                 m->dirtied / PAGES_PER_MIB, m->corrupt);
             next_hb = next_hb + hb_ns > t ? next_hb + hb_ns : t + hb_ns;
+            if ((why = power_wait(pw, 0))) /* an unthrottled dirtier never sleeps */
+                return why;
         }
         if (stop_at && t >= stop_at)
-            return;
+            return NULL;
         size_t n = m->npages ? mem_budget(&tokens, &last, t, cfg->dirty_rate) : 0;
         if (n > 0) {
             mem_step(m, n);
@@ -448,7 +600,8 @@ static void run(const struct config *cfg, struct mem *m, uint64_t stop_at)
             uint64_t refill = t + (uint64_t)(((double)BATCH_PAGES - tokens) * 1e9 / pps);
             wake = refill < wake ? refill : wake;
         }
-        sleep_until(wake);
+        if ((why = power_wait(pw, wake)))
+            return why;
     }
 }
 
@@ -487,46 +640,63 @@ static int selftest(const struct config *cfg)
     return ok ? 0 : 1;
 }
 
-int main(int argc, char **argv)
+static int parse_args(int argc, char **argv, struct options *o)
 {
-    struct config cfg = {.disk_mb = 16, .disk_rate = 1, .hb_ms = 200};
-    const char *cmdline = NULL;
-    double seconds = 0;
-    int want_selftest = 0;
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--cmdline") == 0 && i + 1 < argc)
-            cmdline = argv[++i];
+            o->cmdline = argv[++i];
         else if (strcmp(argv[i], "--seconds") == 0 && i + 1 < argc)
-            seconds = strtod(argv[++i], NULL);
+            o->seconds = strtod(argv[++i], NULL);
         else if (strcmp(argv[i], "--selftest-corrupt") == 0)
-            want_selftest = 1;
+            o->selftest = 1;
+        else if (strcmp(argv[i], "--guest") == 0)
+            o->guest = 1;
         else {
-            fprintf(stderr, "usage: %s [--cmdline STR] [--seconds N] [--selftest-corrupt]\n",
-                    argv[0]);
-            return 2;
+            fprintf(stderr, "usage: %s [--guest] [--cmdline STR] [--seconds N]"
+                    " [--selftest-corrupt]\n", argv[0]);
+            return -1;
         }
     }
-    if (!cmdline && !(cmdline = read_proc_cmdline())) {
-        out("PVW ERROR cannot read /proc/cmdline: %s", strerror(errno));
-        return 2;
-    }
-    if (parse_cmdline(cmdline, &cfg) < 0)
-        return 2;
-    if (want_selftest)
-        return selftest(&cfg);
+    return 0;
+}
+
+/* The workload proper: READY, the disk writer, the main loop, then power-off. */
+static int workload(const struct config *cfg, const struct options *o)
+{
     struct mem m;
-    if (mem_init(&m, cfg.dirty_mb) < 0)
+    struct power pw = {.nfds = 0};
+    if (mem_init(&m, cfg->dirty_mb) < 0)
         return 1;
-    uint64_t stop_at = seconds > 0 ? now_ns() + (uint64_t)(seconds * 1e9) : 0;
-    out("PVW READY dirty_mb=%lu dirty_rate=%lu disk=%s uptime_ms=%" PRIu64, cfg.dirty_mb,
-        cfg.dirty_rate, cfg.disk[0] ? cfg.disk : "none", uptime_ms());
-    pid_t disk_pid = cfg.disk[0] ? disk_start(&cfg, stop_at) : 0;
+    if (o->guest && power_open_inputs(&pw, INPUT_DIR) == 0)
+        out("PVW ERROR no power button: no %s/event* sends KEY_POWER", INPUT_DIR);
+    uint64_t t0 = now_ns(), stop_at = o->seconds > 0 ? t0 + (uint64_t)(o->seconds * 1e9) : 0;
+    out("PVW READY dirty_mb=%lu dirty_rate=%lu disk=%s uptime_ms=%" PRIu64, cfg->dirty_mb,
+        cfg->dirty_rate, cfg->disk[0] ? cfg->disk : "none", uptime_ms());
+    pw.deadline = cfg->poweroff_after ? t0 + (uint64_t)cfg->poweroff_after * 1000000000u : 0;
+    pid_t disk_pid = cfg->disk[0] ? disk_start(cfg, stop_at) : 0;
     if (disk_pid < 0)
         out("PVW ERROR cannot start the disk writer: %s", strerror(errno));
-    run(&cfg, &m, stop_at);
+    const char *why = run(cfg, &m, &pw, stop_at);
+    if (why)
+        return power_off(why, disk_pid, o->guest);
     if (disk_pid > 0) {
         kill(disk_pid, SIGTERM);
         waitpid(disk_pid, NULL, 0);
     }
     return 0;
+}
+
+int main(int argc, char **argv)
+{
+    struct config cfg = {.disk_mb = 16, .disk_rate = 1, .hb_ms = 200};
+    struct options o = {.cmdline = NULL};
+    if (parse_args(argc, argv, &o) < 0)
+        return 2;
+    if (!o.cmdline && !(o.cmdline = read_proc_cmdline())) {
+        out("PVW ERROR cannot read /proc/cmdline: %s", strerror(errno));
+        return 2;
+    }
+    if (parse_cmdline(o.cmdline, &cfg) < 0)
+        return 2;
+    return o.selftest ? selftest(&cfg) : workload(&cfg, &o);
 }

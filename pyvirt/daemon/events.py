@@ -1,0 +1,110 @@
+"""Domain events to RPC clients: callback registrations and an ordered send queue.
+
+A client registers (procedure 316) for an event ID, optionally for one domain; the daemon
+answers with a callback ID and from then on sends each matching driver event as a MESSAGE
+(318 for lifecycle). Events go through one queue per client so they arrive in the order
+the driver emitted them, and a slow client never blocks the driver.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from pyvirt.errors import ErrorCode, VirtError
+from pyvirt.qemu.events import DomainEvent, EventBus
+from pyvirt.rpc.remote_protocol import REMOTE, RemoteProc
+from pyvirt.rpc.remote_types import NonnullDomain
+from pyvirt.rpc.server_client import ClientContext
+
+log = logging.getLogger(__name__)
+
+EVENT_ID_LIFECYCLE = 0
+#: event IDs pyvirtd emits; registering any other is refused loudly, never ignored
+SUPPORTED_EVENT_IDS = frozenset({EVENT_ID_LIFECYCLE})
+#: bounded so a client that stops reading cannot make the daemon grow without limit
+QUEUE_MAX = 4096
+
+
+@dataclass(frozen=True)
+class Registration:
+    callback_id: int
+    event_id: int
+    #: only events of this domain (uuid), or all when None
+    uuid: str | None
+    #: legacy registration (167): message 107 without a callback ID
+    legacy: bool = False
+
+
+class ClientEvents:
+    def __init__(self, client: ClientContext, bus: EventBus) -> None:
+        self._client = client
+        self._bus = bus
+        self._regs: dict[int, Registration] = {}
+        self._ids = itertools.count(1)
+        self._queue: asyncio.Queue[tuple[int, Any]] = asyncio.Queue(QUEUE_MAX)
+        self._handle: int | None = None
+        self._pump: asyncio.Task[None] | None = None
+
+    def register(self, event_id: int, uuid: str | None, legacy: bool = False) -> int:
+        if event_id not in SUPPORTED_EVENT_IDS:
+            raise VirtError(f"this function is not supported by the connection driver: "
+                            f"domain event ID {event_id} is not supported by pyvirtd",
+                            code=ErrorCode.NO_SUPPORT)
+        if legacy and any(r.legacy and r.event_id == event_id for r in self._regs.values()):
+            raise VirtError("operation failed: domain event %d already registered" % event_id,
+                            code=ErrorCode.OPERATION_FAILED)
+        callback_id = next(self._ids)
+        self._regs[callback_id] = Registration(callback_id, event_id, uuid, legacy)
+        if self._handle is None:
+            self._handle = self._bus.subscribe(self._on_event)
+            self._pump = asyncio.get_running_loop().create_task(self._send_loop())
+        return callback_id
+
+    def deregister(self, callback_id: int) -> None:
+        if self._regs.pop(callback_id, None) is None:
+            raise VirtError(f"invalid argument: callback {callback_id} not registered",
+                            code=ErrorCode.INVALID_ARG)
+
+    def deregister_legacy(self, event_id: int) -> None:
+        for reg in list(self._regs.values()):
+            if reg.legacy and reg.event_id == event_id:
+                del self._regs[reg.callback_id]
+                return
+        raise VirtError(f"invalid argument: domain event {event_id} not registered",
+                        code=ErrorCode.INVALID_ARG)
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._bus.unsubscribe(self._handle)
+            self._handle = None
+        if self._pump is not None:
+            self._pump.cancel()
+            self._pump = None
+        self._regs.clear()
+
+    def _on_event(self, event: DomainEvent) -> None:
+        import uuid as uuidlib
+
+        dom = NonnullDomain(event.name, uuidlib.UUID(event.uuid).bytes, event.dom_id)
+        body = {"dom": dom, "event": int(event.event), "detail": int(event.detail)}
+        for reg in list(self._regs.values()):
+            if reg.event_id != EVENT_ID_LIFECYCLE or reg.uuid not in (None, event.uuid):
+                continue
+            message = (RemoteProc.DOMAIN_EVENT_LIFECYCLE, body) if reg.legacy else \
+                (RemoteProc.DOMAIN_EVENT_CALLBACK_LIFECYCLE,
+                 {"callback_id": reg.callback_id, "msg": body})
+            try:
+                self._queue.put_nowait(message)
+            except asyncio.QueueFull:
+                log.warning("[client=%s] event queue full; dropping event", self._client.id)
+
+    async def _send_loop(self) -> None:
+        while True:
+            proc, body = await self._queue.get()
+            with contextlib.suppress(Exception):
+                await self._client.send_message(REMOTE, int(proc), body)

@@ -1,0 +1,436 @@
+"""The RPC server: listeners, accept control, the worker pool, global request cap.
+
+Processing controls (libvirtd.conf names and defaults), each enforced here:
+
+==========================  ====================================================================
+``max_clients``             accepting stops at the limit; further connections wait in the
+                            kernel's listen backlog until a client leaves (libvirt does the same)
+``max_queued_clients``      the listen backlog
+``max_anonymous_clients``   clients that have not completed CONNECT_OPEN (the dispatcher calls
+                            ``client.mark_opened()``); at the limit accepting stops too
+``handshake_timeout``       (pyvirt) close a client that has not opened within this many seconds
+``min/max/prio_workers``    the :class:`~pyvirt.rpc.workers.WorkerPool`
+``max_requests``            calls in flight across all clients; beyond it the reader of the
+                            client waits (its socket is not read).  Priority procedures are
+                            counted but never wait, so DESTROY is not stuck behind the cap
+``max_client_requests``     calls in flight per client; beyond it that client's socket is not
+                            read.  Keepalive is answered by the reader before any cap
+``keepalive_interval/count``server pings, started when the dispatcher calls
+                            ``client.enable_keepalive()`` (on SUPPORTS_FEATURE(10))
+==========================  ====================================================================
+
+Accepting uses ``loop.add_reader`` on the listening sockets and a synchronous non-blocking
+``accept()``, so the client count is exact at the moment of each accept and the limits are
+never overshot, even with several listeners.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import itertools
+import logging
+import os
+import socket
+import stat
+import sys
+import time
+from collections.abc import Iterable
+from types import TracebackType
+from typing import Any
+
+from pyvirt.errors import InvalidArgError
+from pyvirt.rpc.packet import PACKET_MAX
+from pyvirt.rpc.protocol import Program
+from pyvirt.rpc.remote_protocol import REMOTE
+from pyvirt.rpc.server_client import Dispatcher, ServerClient
+from pyvirt.rpc.workers import WorkerPool
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class ServerLimits:
+    """Processing controls; defaults are libvirtd's."""
+
+    max_clients: int = 5000
+    max_queued_clients: int = 1000
+    max_anonymous_clients: int = 20
+    min_workers: int = 5
+    max_workers: int = 20
+    prio_workers: int = 5
+    max_requests: int = 20
+    max_client_requests: int = 5
+    keepalive_interval: float = 5.0
+    keepalive_count: int = 5
+    handshake_timeout: float | None = 60.0
+    max_packet: int = PACKET_MAX
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ClientRecord:
+    """One connection as the admin interface reports it (libvirt's ``virNetServerClient``)."""
+
+    id: int
+    transport: str  # the listener's kind: "unix" or "tcp"
+    connected_at: float  # time.time() at accept (libvirt's conn_time)
+    readonly: bool
+    opened: bool
+    #: tcp only: the peer as "addr:port" ("[v6addr]:port")
+    sock_addr: str | None = None
+    #: unix only: the peer process's credentials (SO_PEERCRED); None when unknown
+    pid: int | None = None
+    uid: int | None = None
+    gid: int | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _ClientMeta:
+    transport: str
+    connected_at: float
+    sock_addr: str | None
+    creds: tuple[int, int, int] | None  # pid, uid, gid
+
+
+@dataclasses.dataclass(eq=False)
+class Listener:
+    sock: socket.socket
+    kind: str  # "unix" or "tcp"
+    address: str  # socket path, or "host:port"
+    readonly: bool
+    path: str | None = None
+
+    @property
+    def port(self) -> int:
+        if self.kind != "tcp":
+            raise AttributeError("a unix listener has no port")
+        port: int = self.sock.getsockname()[1]
+        return port
+
+
+class RPCServer:
+    def __init__(
+        self,
+        dispatcher: Dispatcher,
+        programs: Iterable[Program] = (REMOTE,),
+        limits: ServerLimits | None = None,
+        *,
+        name: str = "rpc-server",
+    ) -> None:
+        self.dispatcher = dispatcher
+        self.name = name
+        self.limits = dataclasses.replace(limits) if limits is not None else ServerLimits()
+        _check_client_limits(self.limits.max_clients, self.limits.max_anonymous_clients)
+        lim = self.limits
+        self.pool = WorkerPool(lim.min_workers, lim.max_workers, lim.prio_workers, name=name)
+        self._programs = {(p.number, p.version): p for p in programs}
+        self._listeners: list[Listener] = []
+        self._clients: dict[int, ServerClient] = {}
+        self._meta: dict[int, _ClientMeta] = {}  # what the admin interface reports
+        self._ids = itertools.count(1)
+        self._nclients = 0  # includes connections accepted but not yet set up
+        self._nanonymous = 0
+        self._accepting = False
+        self._running = False
+        self._requests = 0
+        self._requests_cond = asyncio.Condition()
+        self._setup_tasks: set[asyncio.Task[None]] = set()
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    async def start(self) -> None:
+        self.pool.start()
+        self._running = True
+        self._update_accepting()
+
+    async def close(self) -> None:
+        self._running = False
+        self._update_accepting()
+        for listener in self._listeners:
+            listener.sock.close()
+            if listener.path is not None:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(listener.path)
+        self._listeners.clear()
+        for task in list(self._setup_tasks):
+            task.cancel()
+        await asyncio.gather(*self._setup_tasks, return_exceptions=True)
+        await asyncio.gather(
+            *(c.close("server shutting down") for c in list(self._clients.values()))
+        )
+        await self.pool.close()
+
+    async def __aenter__(self) -> RPCServer:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    # -- listeners ---------------------------------------------------------------------------
+    async def listen_unix(
+        self, path: str, *, mode: int = 0o666, readonly: bool = False
+    ) -> Listener:
+        with contextlib.suppress(FileNotFoundError):
+            if stat.S_ISSOCK(os.lstat(path).st_mode):
+                os.unlink(path)  # a stale socket from a previous run
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.bind(path)
+            os.chmod(path, mode)
+            sock.listen(self.limits.max_queued_clients)
+            sock.setblocking(False)
+        except BaseException:
+            sock.close()
+            raise
+        return self._add_listener(Listener(sock, "unix", path, readonly, path))
+
+    async def listen_tcp(self, host: str, port: int, *, readonly: bool = False) -> Listener:
+        loop = asyncio.get_running_loop()
+        infos = await loop.getaddrinfo(
+            host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+        family, kind, proto, _, addr = infos[0]
+        sock = socket.socket(family, kind, proto)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(addr)
+            sock.listen(self.limits.max_queued_clients)
+            sock.setblocking(False)
+        except BaseException:
+            sock.close()
+            raise
+        bound = sock.getsockname()
+        return self._add_listener(Listener(sock, "tcp", f"{bound[0]}:{bound[1]}", readonly))
+
+    def _add_listener(self, listener: Listener) -> Listener:
+        self._listeners.append(listener)
+        if self._accepting:
+            asyncio.get_running_loop().add_reader(listener.sock, self._on_readable, listener)
+        log.info("%s: listening on %s %s%s", self.name, listener.kind, listener.address,
+                 " (read-only)" if listener.readonly else "")  # fmt: skip
+        return listener
+
+    @property
+    def listeners(self) -> list[Listener]:
+        return list(self._listeners)
+
+    # -- accepting ---------------------------------------------------------------------------
+    def _accept_allowed(self) -> bool:
+        return (
+            self._running
+            and self._nclients < self.limits.max_clients
+            and self._nanonymous < self.limits.max_anonymous_clients
+        )
+
+    def _update_accepting(self) -> None:
+        want = self._accept_allowed()
+        if want == self._accepting:
+            return
+        loop = asyncio.get_running_loop()
+        for listener in self._listeners:
+            if want:
+                loop.add_reader(listener.sock, self._on_readable, listener)
+            else:
+                loop.remove_reader(listener.sock)
+        self._accepting = want
+        if self._running:
+            log.info("%s: %s accepting clients (clients %d/%d, anonymous %d/%d)", self.name,
+                     "resumed" if want else "suspended", self._nclients, self.limits.max_clients,
+                     self._nanonymous, self.limits.max_anonymous_clients)  # fmt: skip
+
+    def _on_readable(self, listener: Listener) -> None:
+        while self._accept_allowed():
+            try:
+                sock, addr = listener.sock.accept()
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as exc:  # e.g. EMFILE: try again on the next readiness
+                log.warning("%s: accept on %s failed: %s", self.name, listener.address, exc)
+                break
+            self._nclients += 1
+            self._nanonymous += 1
+            task = asyncio.create_task(self._setup_client(sock, addr, listener))
+            self._setup_tasks.add(task)
+            task.add_done_callback(self._setup_tasks.discard)
+        self._update_accepting()
+
+    async def _setup_client(self, sock: socket.socket, addr: Any, listener: Listener) -> None:
+        sock.setblocking(False)
+        try:
+            if listener.kind == "unix":
+                reader, writer = await asyncio.open_unix_connection(sock=sock)
+            else:
+                reader, writer = await asyncio.open_connection(sock=sock)
+        except BaseException:
+            sock.close()
+            self._forget(opened=False)
+            raise
+        peer = _peer_name(sock, addr, listener)
+        client = ServerClient(
+            self, reader, writer, client_id=next(self._ids), peer=peer, readonly=listener.readonly
+        )
+        self._clients[client.id] = client
+        self._meta[client.id] = _client_meta(sock, addr, listener)
+        client.log.info("connected via %s %s", listener.kind, listener.address)
+        client.start()
+
+    # -- client bookkeeping (called by ServerClient) -----------------------------------------
+    def program_for(self, prog: int, vers: int) -> Program | None:
+        return self._programs.get((prog, vers))
+
+    def client_opened(self, client: ServerClient) -> None:
+        self._nanonymous -= 1
+        self._update_accepting()
+
+    def client_closed(self, client: ServerClient) -> None:
+        self._meta.pop(client.id, None)
+        if self._clients.pop(client.id, None) is not None:
+            client.log.info("disconnected: %s", client.close_reason)
+            self._forget(opened=client.opened)
+            # Let the dispatcher drop per-client state (event callbacks, ...).
+            on_close = getattr(self.dispatcher, "client_closed", None)
+            if on_close is not None:
+                on_close(client)
+
+    def _forget(self, *, opened: bool) -> None:
+        self._nclients -= 1
+        if not opened:
+            self._nanonymous -= 1
+        if self._running:
+            self._update_accepting()
+
+    @property
+    def clients(self) -> list[ServerClient]:
+        return list(self._clients.values())
+
+    # -- client registry (admin interface) ----------------------------------------------------
+    def client_records(self) -> list[ClientRecord]:
+        """Every set-up connection, oldest first."""
+        records = (self.client_record(client_id) for client_id in sorted(self._clients))
+        return [r for r in records if r is not None]
+
+    def client_record(self, client_id: int) -> ClientRecord | None:
+        client, meta = self._clients.get(client_id), self._meta.get(client_id)
+        if client is None or meta is None:
+            return None
+        pid, uid, gid = meta.creds if meta.creds is not None else (None, None, None)
+        return ClientRecord(client_id, meta.transport, meta.connected_at, client.readonly,
+                            client.opened, meta.sock_addr, pid, uid, gid)  # fmt: skip
+
+    def close_client(self, client_id: int, reason: str = "closed by the administrator") -> bool:
+        """Disconnect one client (libvirt's virAdmClientClose); False if there is none."""
+        client = self._clients.get(client_id)
+        if client is None:
+            return False
+        client.log.info("closing: %s", reason)
+        client.abort(reason)
+        return True
+
+    # -- global request cap ------------------------------------------------------------------
+    async def acquire_request(self, *, priority: bool) -> None:
+        if not priority:
+            async with self._requests_cond:
+                await self._requests_cond.wait_for(
+                    lambda: self._requests < self.limits.max_requests
+                )
+        self._requests += 1
+
+    async def release_request(self) -> None:
+        async with self._requests_cond:
+            self._requests -= 1
+            self._requests_cond.notify_all()
+
+    @property
+    def requests_in_flight(self) -> int:
+        return self._requests
+
+    # -- admin interface ---------------------------------------------------------------------
+    def threadpool_info(self) -> dict[str, int]:
+        return self.pool.info()
+
+    async def set_threadpool_params(
+        self,
+        *,
+        min_workers: int | None = None,
+        max_workers: int | None = None,
+        prio_workers: int | None = None,
+    ) -> None:
+        await self.pool.set_params(
+            min_workers=min_workers, max_workers=max_workers, prio_workers=prio_workers
+        )
+        self.limits.min_workers = self.pool.min_workers
+        self.limits.max_workers = self.pool.max_workers
+        self.limits.prio_workers = self.pool.prio_workers
+
+    def clients_info(self) -> dict[str, int]:
+        return {
+            "nclients_max": self.limits.max_clients,
+            "nclients": self._nclients,
+            "nclients_unauth_max": self.limits.max_anonymous_clients,
+            "nclients_unauth": self._nanonymous,
+        }
+
+    def set_client_limits(
+        self, *, max_clients: int | None = None, max_anonymous_clients: int | None = None
+    ) -> None:
+        new_max = self.limits.max_clients if max_clients is None else max_clients
+        new_anon = (
+            self.limits.max_anonymous_clients
+            if max_anonymous_clients is None
+            else max_anonymous_clients
+        )
+        _check_client_limits(new_max, new_anon)
+        self.limits.max_clients, self.limits.max_anonymous_clients = new_max, new_anon
+        self._update_accepting()
+
+    async def set_request_limits(
+        self, *, max_requests: int | None = None, max_client_requests: int | None = None
+    ) -> None:
+        """Change the request caps at run time; waiting readers re-check at once."""
+        for value in (max_requests, max_client_requests):
+            if value is not None and value < 1:
+                raise InvalidArgError(f"request limits must be at least 1, got {value}")
+        if max_requests is not None:
+            self.limits.max_requests = max_requests
+        if max_client_requests is not None:
+            self.limits.max_client_requests = max_client_requests
+        async with self._requests_cond:
+            self._requests_cond.notify_all()
+        for client in self.clients:
+            await client.limits_changed()
+
+
+def _check_client_limits(max_clients: int, max_anonymous: int) -> None:
+    if max_clients < 1 or max_anonymous < 1:
+        raise InvalidArgError("client limits must be at least 1")
+    if max_anonymous > max_clients:
+        raise InvalidArgError(
+            "The overall maximum number of clients must not be less than the number of "
+            "clients waiting for authentication"
+        )
+
+
+def _peer_name(sock: socket.socket, addr: Any, listener: Listener) -> str:
+    if listener.kind == "tcp":
+        return f"{addr[0]}:{addr[1]}"
+    creds = _peer_creds(sock)
+    return f"unix pid={creds[0]}" if creds is not None else "unix"
+
+
+def _peer_creds(sock: socket.socket) -> tuple[int, int, int] | None:
+    """(pid, uid, gid) of a unix peer; struct ucred is three native ints."""
+    with contextlib.suppress(OSError, AttributeError):
+        raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12)
+        pid, uid, gid = (int.from_bytes(raw[i : i + 4], sys.byteorder) for i in (0, 4, 8))
+        return pid, uid, gid
+    return None
+
+
+def _client_meta(sock: socket.socket, addr: Any, listener: Listener) -> _ClientMeta:
+    if listener.kind == "unix":
+        return _ClientMeta(listener.kind, time.time(), None, _peer_creds(sock))
+    host = f"[{addr[0]}]" if ":" in addr[0] else addr[0]  # libvirt's URI form for IPv6
+    return _ClientMeta(listener.kind, time.time(), f"{host}:{addr[1]}", None)

@@ -1,0 +1,198 @@
+"""Streams: tunnelled-migration style write streams, read streams, errors, backpressure."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+from collections.abc import AsyncIterator
+
+import pytest
+
+from pyvirt.errors import ErrorCode, VirtError
+from pyvirt.rpc.client import RPCClient
+from pyvirt.rpc.packet import Header, MessageStatus, MessageType
+from pyvirt.rpc.remote_protocol import REMOTE
+from pyvirt.rpc.remote_types import RemoteErrorXDR
+from pyvirt.rpc.server import RPCServer
+from pyvirt.rpc.stream import StreamAbortedError
+from pyvirt.rpc.testing import TEST, TEST_PROGRAM, RawPeer, TestDispatcher, TestProc, running_server
+
+TIMEOUT = 10.0
+
+
+@pytest.fixture
+async def served() -> AsyncIterator[tuple[RPCServer, TestDispatcher, RPCClient]]:
+    async with running_server() as (server, path):
+        assert isinstance(server.dispatcher, TestDispatcher)
+        client = await RPCClient.connect_unix(path, programs=(TEST, REMOTE))
+        try:
+            yield server, server.dispatcher, client
+        finally:
+            await client.close()
+
+
+async def test_write_stream_finish(served: tuple[RPCServer, TestDispatcher, RPCClient]) -> None:
+    server, disp, client = served
+    data = os.urandom(3 * 1024 * 1024 + 5)
+    stream = await client.open_stream(TEST, TestProc.SINK)
+    assert stream.reply is None
+    await stream.send(data[:1000])
+    await stream.send(memoryview(data)[1000:])
+    await asyncio.wait_for(stream.finish(), TIMEOUT)
+    assert await asyncio.wait_for(disp.sink_done, TIMEOUT) == "finished"
+    assert hashlib.sha256(disp.sunk).digest() == hashlib.sha256(data).digest()
+    assert client.streams == {} and server.clients[0].streams == {}
+    assert await client.call(TEST, TestProc.ECHO, "after") == "after"
+
+
+async def test_sink_failure_reaches_the_sender(
+    served: tuple[RPCServer, TestDispatcher, RPCClient],
+) -> None:
+    _, disp, client = served
+    disp.sink_fail_after = 1
+    stream = await client.open_stream(TEST, TestProc.SINK)
+    with pytest.raises(VirtError) as info:
+        await stream.send(b"x" * 100_000)
+        await asyncio.wait_for(disp.sink_done, TIMEOUT)
+        await asyncio.wait_for(stream.finish(), TIMEOUT)
+    assert info.value.code == ErrorCode.OPERATION_FAILED
+    assert "sink is full" in info.value.message
+    with pytest.raises(VirtError):
+        await stream.send(b"more")
+    assert await client.call(TEST, TestProc.ECHO, "usable") == "usable"
+
+
+async def test_client_abort(served: tuple[RPCServer, TestDispatcher, RPCClient]) -> None:
+    _, disp, client = served
+    stream = await client.open_stream(TEST, TestProc.SINK)
+    await stream.send(b"partial")
+    await asyncio.wait_for(stream.abort(), TIMEOUT)
+    assert await asyncio.wait_for(disp.sink_done, TIMEOUT) == StreamAbortedError.__name__
+    with pytest.raises(StreamAbortedError):
+        await stream.send(b"after abort")
+    assert client.streams == {}
+
+
+async def test_backpressure_pauses_the_server_reader(
+    served: tuple[RPCServer, TestDispatcher, RPCClient],
+) -> None:
+    server, disp, client = served
+    disp.sink_pause.clear()  # the sink stops consuming
+    stream = await client.open_stream(TEST, TestProc.SINK)
+    data = bytes(16 * 1024 * 1024)
+    sending = asyncio.create_task(stream.send(data))
+    conn = server.clients[0]
+    for _ in range(200):
+        if conn.is_reading_paused:
+            break
+        await asyncio.sleep(0.01)
+    assert conn.is_reading_paused  # bounded queue full: the socket is no longer read
+    assert not sending.done()
+    assert len(disp.sunk) < len(data)
+    disp.sink_pause.set()
+    await asyncio.wait_for(sending, TIMEOUT)
+    await asyncio.wait_for(stream.finish(), TIMEOUT)
+    assert len(disp.sunk) == len(data)
+
+
+async def test_read_stream(served: tuple[RPCServer, TestDispatcher, RPCClient]) -> None:
+    _, _, client = served
+    size = 1_000_003
+    stream = await client.open_stream(TEST, TestProc.SOURCE, {"size": size, "chunk": 65536})
+    received = bytearray()
+    while chunk := await asyncio.wait_for(stream.recv(), TIMEOUT):
+        received += chunk
+    assert await stream.recv() == b""  # end of data stays end of data
+    await asyncio.wait_for(stream.finish(), TIMEOUT)
+    assert bytes(received) == (bytes(range(256)) * (size // 256 + 1))[:size]
+
+
+async def test_failed_opening_call_discards_the_stream() -> None:
+    class Refusing(TestDispatcher):
+        async def do_sink(self, client: object, args: None) -> None:
+            raise VirtError("no tunnel for you", code=ErrorCode.OPERATION_INVALID)
+
+    async with running_server(dispatcher=Refusing()) as (server, path):
+        client = await RPCClient.connect_unix(path, programs=(TEST,))
+        try:
+            with pytest.raises(VirtError, match="no tunnel"):
+                await client.open_stream(TEST, TestProc.SINK)
+            assert client.streams == {} and server.clients[0].streams == {}
+            with pytest.raises(ValueError, match="does not open a stream"):
+                await client.open_stream(TEST, TestProc.ECHO, "x")
+        finally:
+            await client.close()
+
+
+async def test_stray_stream_packets_ignored() -> None:
+    async with running_server() as (_, path):
+        peer = await RawPeer.connect_unix(path)
+        try:
+            stray = Header(TEST_PROGRAM, 1, TestProc.SINK, MessageType.STREAM, 42,
+                           MessageStatus.CONTINUE)  # fmt: skip
+            await peer.send(stray, b"data for nobody")
+            await peer.call(TEST_PROGRAM, TestProc.ECHO, 1, b"\0\0\0\2hi\0\0")
+            reply = await peer.recv()
+            assert reply is not None and reply.header.serial == 1
+            assert reply.payload == b"\0\0\0\2hi\0\0"
+        finally:
+            await peer.close()
+
+
+async def test_server_stream_error_on_the_wire() -> None:
+    """The sink's failure is a STREAM/ERROR packet carrying remote_error (libvirtd's form)."""
+    async with running_server() as (server, path):
+        assert isinstance(server.dispatcher, TestDispatcher)
+        server.dispatcher.sink_fail_after = 1
+        peer = await RawPeer.connect_unix(path)
+        try:
+            await peer.call(TEST_PROGRAM, TestProc.SINK, 5)
+            reply = await peer.recv()
+            assert reply is not None and reply.header.type == MessageType.REPLY
+            data = Header(TEST_PROGRAM, 1, TestProc.SINK, MessageType.STREAM, 5,
+                          MessageStatus.CONTINUE)  # fmt: skip
+            await peer.send(data, b"abcd")
+            error = await peer.recv()
+            assert error is not None
+            assert (error.header.type, error.header.status) == (
+                MessageType.STREAM,
+                MessageStatus.ERROR,
+            )
+            assert error.header.serial == 5
+            assert RemoteErrorXDR.decode(error.payload).message == "operation failed: sink is full"
+        finally:
+            await peer.close()
+
+
+async def test_peer_abort_is_confirmed_on_the_wire() -> None:
+    async with running_server() as (_, path):
+        peer = await RawPeer.connect_unix(path)
+        try:
+            await peer.call(TEST_PROGRAM, TestProc.SINK, 0)
+            assert (await peer.recv()) is not None
+            abort = Header(TEST_PROGRAM, 1, TestProc.SINK, MessageType.STREAM, 0,
+                           MessageStatus.ERROR)  # fmt: skip
+            await peer.send(abort)
+            confirm = await peer.recv()
+            assert confirm is not None
+            assert confirm.header == abort.reply(MessageStatus.OK, MessageType.STREAM)
+            assert confirm.payload == b""
+        finally:
+            await peer.close()
+
+
+async def test_second_stream_on_the_same_serial_refused() -> None:
+    async with running_server() as (server, path):
+        peer = await RawPeer.connect_unix(path)
+        try:
+            for _ in range(2):
+                await peer.call(TEST_PROGRAM, TestProc.SINK, 9)
+            replies = [await peer.recv(), await peer.recv()]
+            by_status = {r.header.status: r for r in replies if r is not None}
+            assert set(by_status) == {MessageStatus.OK, MessageStatus.ERROR}
+            error = RemoteErrorXDR.decode(by_status[MessageStatus.ERROR].payload)
+            assert "already open" in error.message
+            assert len(server.clients[0].streams) == 1
+        finally:
+            await peer.close()
