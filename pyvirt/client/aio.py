@@ -247,20 +247,20 @@ class AsyncConnection:
         """libvirt's wording for why the connection died (virnetsocket.c, virnetclient.c)."""
         reason = self.rpc.close_reason or ""
         kind, _, detail = reason.partition(": ")
+        tail = self.transport.stderr_tail()
         code = ErrorCode.SYSTEM_ERROR
         if reason == "closed locally":
             message, code = "internal error: client socket is closed", ErrorCode.INTERNAL_ERROR
         elif reason == "keepalive timeout":
             message = "internal error: connection closed due to keepalive timeout"
             code = ErrorCode.INTERNAL_ERROR
-        elif kind == "read failed":
-            message = f"Cannot recv data: {_errno_text(detail)}"
-        elif kind == "write failed":
-            message = f"Cannot write data: {_errno_text(detail)}"
         elif kind == "framing error":
             message, code = f"RPC error: {detail}", ErrorCode.RPC
+        elif kind in ("read failed", "write failed") and not tail:
+            verb = "recv" if kind == "read failed" else "write"
+            message = f"Cannot {verb} data: {_errno_text(detail)}"
         else:
-            tail = self.transport.stderr_tail()
+            # EOF; or ssh died and a pipe broke first: its stderr says why (libvirt does this)
             message = f"End of file while reading data: {tail + ': ' if tail else ''}" \
                       "Input/output error"  # fmt: skip
         return ConnectionLostError(message, code=code, domain=ErrorDomain.RPC)

@@ -46,6 +46,7 @@ class _LoopThread:
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
+        self._background: set[asyncio.Task[Any]] = set()
 
     def loop(self) -> asyncio.AbstractEventLoop:
         with self._lock:
@@ -79,12 +80,20 @@ class _LoopThread:
         """Start ``factory()`` on the loop without waiting (safe from any thread)."""
         loop = self._loop
         if loop is not None and not loop.is_closed():
-            loop.call_soon_threadsafe(lambda: loop.create_task(factory()))
+            loop.call_soon_threadsafe(self._start_background, loop, factory)
+
+    def _start_background(self, loop: asyncio.AbstractEventLoop,
+                          factory: Callable[[], Coroutine[Any, Any, Any]]) -> None:  # fmt: skip
+        # the loop keeps only weak references to tasks: hold one until it is done
+        task = loop.create_task(factory())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     def reset_after_fork(self) -> None:
         # the child has no loop thread: start a fresh one on its first call
         self._lock = threading.Lock()
         self._loop = self._thread = None
+        self._background = set()
 
 
 class _CallbackThread:

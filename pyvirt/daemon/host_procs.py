@@ -86,7 +86,7 @@ async def get_lib_version(call: Call, args: Any) -> Any:
 
 async def get_hostname(call: Call, args: Any) -> Any:
     call.require_open()
-    return {"hostname": socket.getfqdn() or socket.gethostname()}
+    return {"hostname": host_name()}
 
 
 async def get_uri(call: Call, args: Any) -> Any:
@@ -151,6 +151,15 @@ async def legacy_event_deregister(call: Call, args: Any) -> Any:
     call.require_open()
     _events(call).deregister_legacy(args["event_id"])
     return None
+
+
+def host_name() -> str:
+    """libvirt's virGetHostname: the host name, made fully qualified when DNS knows it."""
+    name = socket.gethostname()
+    if "." in name:
+        return name
+    fqdn = socket.getfqdn(name)
+    return name if fqdn.startswith("localhost") else fqdn
 
 
 def _events(call: Call) -> ClientEvents:

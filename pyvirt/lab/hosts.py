@@ -21,7 +21,7 @@ missing or stale (namespaces, binds, dead daemons, stale pid files) and keeps wh
 healthy; hosts beyond the requested count are removed. ``down`` removes everything above,
 including ``LAB_ROOT``. The guest kernel cache (``/var/cache/pyvirt``) is not the lab's.
 
-The daemon command is ``python -m pyvirt.daemon --config {config}``; ``$PYVIRT_LAB_DAEMON``
+The daemon command is ``python -m pyvirt.daemon --listen --config {config}``; ``$PYVIRT_LAB_DAEMON``
 (or ``lab_up(daemon_argv=...)``) replaces it, e.g. with a stand-in for tests. It is an argv
 template: split like a shell would (shlex, no shell runs it), then in each word
 ``{python} {host} {index} {address} {port} {config} {hostdir}`` are replaced.
@@ -248,7 +248,7 @@ def render_qemu_conf(host: LabHost) -> str:
 
 
 def default_daemon_template() -> list[str]:
-    return ["{python}", "-m", DAEMON_MODULE, "--config", "{config}"]
+    return ["{python}", "-m", DAEMON_MODULE, "--listen", "--config", "{config}"]
 
 
 def daemon_template(daemon_argv: Sequence[str] | None = None) -> list[str]:

@@ -7,26 +7,17 @@ typed (``destroy 1`` says ``Domain '1' destroyed``), while ``start``, ``create``
 
 from __future__ import annotations
 
+import contextlib
 from typing import TYPE_CHECKING
 
-from pyvirt.constants import (
-    REASON_NAMES,
-    STATE_NAMES,
-    CreateFlags,
-    DefineFlags,
-    DestroyFlags,
-    DomainState,
-    ListFlags,
-    UndefineFlags,
-    XMLFlags,
-)
+from pyvirt.constants import REASON_NAMES, STATE_NAMES, DomainState, ListFlags, XMLFlags
 from pyvirt.errors import ErrorCode, VirtError
 from pyvirt.virsh import output
 from pyvirt.virsh.options import CommandError, ParsedCommand
-from pyvirt.virsh.shell import BY_ANY, BY_ID, BY_NAME, BY_UUID
+from pyvirt.virsh.shell import BY_ID, BY_NAME, BY_UUID
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Mapping
 
     from pyvirt.virsh.api import Domain
     from pyvirt.virsh.shell import Shell
@@ -65,7 +56,7 @@ def require(cmd: ParsedCommand, *pairs: tuple[str, str]) -> None:
             raise CommandError(f"Option --{needed} is required by option --{option}")
 
 
-def flags_of(cmd: ParsedCommand, table: dict[str, int]) -> int:
+def flags_of(cmd: ParsedCommand, table: Mapping[str, int]) -> int:
     flags = 0
     for option, value in table.items():
         if cmd.flag(option):
@@ -95,9 +86,11 @@ def read_xml_file(path: str) -> str:
     try:
         with open(path, "rb") as handle:
             data = handle.read(MAX_XML_FILE + 1)
+    except IsADirectoryError:
+        raise CommandError(f"Failed to read file '{path}': {os.strerror(21)}") from None
     except OSError as exc:
-        verb = "open" if exc.filename is not None else "read"
-        raise CommandError(f"Failed to {verb} file '{path}': {os.strerror(exc.errno or 0)}")
+        reason = os.strerror(exc.errno or 0)
+        raise CommandError(f"Failed to open file '{path}': {reason}") from None
     if len(data) > MAX_XML_FILE:
         raise CommandError(f"Failed to read file '{path}': {os.strerror(27)}")  # EFBIG
     try:
@@ -235,10 +228,8 @@ def cmd_dominfo(shell: Shell, cmd: ParsedCommand) -> bool:
     except VirtError as exc:  # virsh carries on and fails at the end
         failure = exc
     _line(shell, "Persistent:", _yes_no(dom.isPersistent))
-    try:
+    with contextlib.suppress(VirtError):
         _line(shell, "Autostart:", "enable" if dom.autostart() else "disable")
-    except VirtError:
-        pass
     _line(shell, "Managed save:", _yes_no(lambda: dom.hasManagedSaveImage(0)))
     _security_lines(shell, dom)
     if failure is not None:
@@ -271,7 +262,9 @@ def _security_lines(shell: Shell, dom: Domain) -> None:
         return
     _line(shell, "Security model:", model)
     _line(shell, "Security DOI:", doi)
-    label, enforcing = optional_method(dom, "securityLabel")()  # type: ignore[misc]
+    seclabel = optional_method(dom, "securityLabel")()
+    assert isinstance(seclabel, list | tuple)
+    label, enforcing = seclabel[0], seclabel[1]
     if label:
         shell.out(f"{'Security label:':<15} {label} "
                   f"({'enforcing' if enforcing else 'permissive'})\n")  # fmt: skip

@@ -78,9 +78,9 @@ def cmd_help(shell: Shell, cmd: ParsedCommand) -> bool:
     if spec is not None:
         shell.out(output.command_help(spec))
         return True
-    group = registry.find_group(name)
-    if group is not None:
-        shell.out(output.group_help(group.name, group.keyword, group.commands))
+    found = registry.find_group(name)
+    if found is not None:
+        shell.out(output.group_help(found.name, found.keyword, found.commands))
         return True
     raise CommandError(f"command or command group '{name}' doesn't exist")
 

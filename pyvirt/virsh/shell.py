@@ -132,9 +132,9 @@ class Shell:
         conn = self.connection
         dom: Domain | None = None
         if by & BY_ID:
-            number = parse_number(text, "int")
-            if number is not None and number >= 0:
-                dom = _quietly(lambda: conn.lookupByID(number))  # type: ignore[arg-type]
+            dom_id = parse_number(text, "int")
+            if dom_id is not None and dom_id >= 0:
+                dom = _quietly(lambda: conn.lookupByID(dom_id))
         if dom is None and by & BY_UUID and len(text) == 36:
             dom = _quietly(lambda: conn.lookupByUUIDString(text))
         if dom is None and by & BY_NAME:

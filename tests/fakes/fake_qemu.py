@@ -9,6 +9,7 @@ Behaviour is steered by the ``FAKE_QEMU_FAULTS`` environment variable (JSON):
 - ``fail_commands``: {command: description} answered with a GenericError
 - ``ignore_sigterm``: keep running on SIGTERM (forces the driver's SIGKILL fallback)
 - ``ignore_powerdown``: ``system_powerdown`` does nothing (a guest without ACPI support)
+- ``delay_commands``: {command: seconds} before answering (a slow QEMU)
 
 and by a control socket (``FAKE_QEMU_CONTROL`` = path prefix; the fake listens on
 ``PREFIX.<uuid>``) that accepts JSON lines ``{"emit": NAME, "data": {...}}`` or
@@ -143,6 +144,9 @@ async def serve_qmp(fake: FakeQemu, reader: asyncio.StreamReader,
     fake.writers.append(writer)
     try:
         async for request in _json_stream(reader):
+            delay = fake.faults.get("delay_commands", {}).get(request.get("execute"))
+            if delay:
+                await asyncio.sleep(float(delay))
             reply: dict[str, Any]
             try:
                 result = fake.command(request["execute"], request.get("arguments", {}))

@@ -561,4 +561,3 @@ async def test_concurrent_calls_on_one_connection(conn: AsyncConnection) -> None
     dom = await g1(conn)
     results = await asyncio.gather(*(dom.state() for _ in range(20)), conn.getHostname())
     assert results[:-1] == [[1, 1]] * 20 and results[-1] == "fakehost"
-

@@ -239,7 +239,8 @@ async def test_ssh_hostile_missing_socket(served: Served, fake_ssh: str) -> None
 
 async def test_ssh_netcat(served: Served, fake_ssh: str) -> None:
     conn = await AsyncConnection.open(
-        f"qemu+ssh://host2/system?socket={served.sock}&netcat=nc", ssh_program=fake_ssh)
+        f"qemu+ssh://host2/system?socket={served.sock}&netcat=nc", ssh_program=fake_ssh
+    )
     try:
         assert await conn.getHostname() == "fakehost"
         assert shlex.split(recorded_argv(served)[-1]) == ["nc", "-U", served.sock]
@@ -295,4 +296,4 @@ def test_bridge_main_errors(tmp_path: Path) -> None:
 
 def test_bridge_script_is_what_main_runs() -> None:
     assert callable(ssh_bridge.load_bridge())
-    assert "f\"" not in ssh_bridge.BRIDGE_SCRIPT and ":=" not in ssh_bridge.BRIDGE_SCRIPT
+    assert 'f"' not in ssh_bridge.BRIDGE_SCRIPT and ":=" not in ssh_bridge.BRIDGE_SCRIPT

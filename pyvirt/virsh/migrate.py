@@ -1,0 +1,258 @@
+"""``migrate``'s options → a :class:`MigrateRequest` (flags, typed parameters, watch policy).
+
+Parsed once, at the edge, the way virsh 9.0 does it, including the order of its checks
+(the first failing check is the one reported, so the order is part of the behaviour):
+
+1. option combinations (``--live``/``--offline``, ``--timeout-*``, options that need
+   another option) — before the domain is even looked up;
+2. ``--timeout`` and its action;
+3. the typed parameters, in virsh's order (each option's value is checked as it is read);
+4. the flags (``--copy-storage-synchronous-writes`` needs a storage copy);
+5. the checks libvirt's client library makes before any RPC (virDomainMigrate3 /
+   virDomainMigrateToURI3): read-only connection, mutually exclusive flags, tunnelled
+   without peer-to-peer. The stock virsh makes them client-side too.
+
+Checks that need the daemon (driver features, offline without --persistent, ...) are the
+daemon's business and are not repeated here.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from pyvirt.constants import MigrateFlags
+from pyvirt.errors import VirtError
+from pyvirt.virsh.commands_domain import exclusive, read_xml_file, require
+from pyvirt.virsh.options import CommandError, ParsedCommand
+
+
+class TimeoutAction(enum.IntEnum):
+    """What ``--timeout`` does when it expires (virsh's virshMigrateTimeoutAction)."""
+
+    DEFAULT = 0  # suspend
+    SUSPEND = 1
+    POSTCOPY = 2
+
+
+@dataclass(frozen=True)
+class MigrateParam:
+    """One typed parameter: libvirt's field name, its virTypedParameterType, its value."""
+
+    name: str
+    type: str  # "STRING" | "INT" | "ULLONG"
+    value: str | int
+
+
+@dataclass(frozen=True)
+class MigrateRequest:
+    domain: str  # as the user typed it
+    desturi: str
+    flags: MigrateFlags
+    params: tuple[MigrateParam, ...]
+    direct: bool  # --direct: the hypervisor migrates by itself (no pyvirtd on the peer)
+    verbose: bool
+    timeout: int  # seconds; 0: none
+    timeout_action: TimeoutAction
+    postcopy_after_precopy: bool
+
+    @property
+    def p2p(self) -> bool:
+        return MigrateFlags.PEER2PEER in self.flags
+
+    @property
+    def tunnelled(self) -> bool:
+        return MigrateFlags.TUNNELLED in self.flags
+
+    @property
+    def api(self) -> str:
+        """The client call virsh makes: the source drives p2p and direct migrations."""
+        return "migrateToURI3" if self.p2p or self.direct else "migrate3"
+
+    def params_dict(self) -> dict[str, str | int | list[str]]:
+        """The parameters as libvirt-python takes them (repeated names become a list)."""
+        out: dict[str, str | int | list[str]] = {}
+        for param in self.params:
+            if param.name in ("migrate_disks", "compression"):
+                values = out.setdefault(param.name, [])
+                assert isinstance(values, list)
+                values.append(str(param.value))
+            else:
+                out[param.name] = param.value
+        return out
+
+
+# -- 1 and 2: combinations and the timeout -----------------------------------------------------
+def check_combinations(cmd: ParsedCommand) -> None:
+    exclusive(cmd, ("live", "offline"), ("timeout-suspend", "timeout-postcopy"))
+    require(cmd, ("postcopy-after-precopy", "postcopy"), ("timeout-postcopy", "postcopy"),
+            ("persistent-xml", "persistent"), ("tls-destination", "tls"))  # fmt: skip
+
+
+def timeout_of(cmd: ParsedCommand) -> tuple[int, TimeoutAction]:
+    action = TimeoutAction.DEFAULT
+    if cmd.flag("timeout-suspend"):
+        action = TimeoutAction.SUSPEND
+    if cmd.flag("timeout-postcopy"):
+        action = TimeoutAction.POSTCOPY
+    timeout = cmd.number("timeout", "uint") or 0  # 0 means no timeout
+    if timeout > 0:
+        if not cmd.flag("live"):
+            raise CommandError("migrate: Unexpected timeout for offline migration")
+    elif action != TimeoutAction.DEFAULT:
+        raise CommandError("migrate: Unexpected --timeout-* option without --timeout")
+    return timeout, action
+
+
+# -- 3: typed parameters -----------------------------------------------------------------------
+def _string(cmd: ParsedCommand, option: str, name: str) -> list[MigrateParam]:
+    value = cmd.string(option)
+    return [] if value is None else [MigrateParam(name, "STRING", value)]
+
+
+def _int(cmd: ParsedCommand, option: str, name: str) -> list[MigrateParam]:
+    value = cmd.number(option, "int")
+    return [] if value is None else [MigrateParam(name, "INT", value)]
+
+
+def _nonzero_int(cmd: ParsedCommand, option: str, name: str) -> list[MigrateParam]:
+    """virsh passes ``--disks-port 0`` as no port at all."""
+    value = cmd.number(option, "int")
+    return [MigrateParam(name, "INT", value)] if value else []
+
+
+def _ullong(cmd: ParsedCommand, option: str, name: str) -> list[MigrateParam]:
+    value = cmd.number(option, "ull")
+    return [] if value is None else [MigrateParam(name, "ULLONG", value)]
+
+
+def _list(cmd: ParsedCommand, option: str, name: str) -> list[MigrateParam]:
+    """A comma-separated list becomes the parameter repeated (g_strsplit: no escapes)."""
+    value = cmd.string(option)
+    if value is None:
+        return []
+    return [MigrateParam(name, "STRING", item) for item in value.split(",")]
+
+
+def _file(cmd: ParsedCommand, option: str, name: str) -> list[MigrateParam]:
+    """An XML file's content; virsh names the file, then gives the reason."""
+    path = cmd.string(option)
+    if path is None:
+        return []
+    try:
+        return [MigrateParam(name, "STRING", read_xml_file(path))]
+    except CommandError as exc:
+        raise CommandError(f"cannot read file '{path}'",
+                           cause=VirtError(" ".join(exc.messages))) from None  # fmt: skip
+
+
+_Reader = Callable[[ParsedCommand, str, str], list[MigrateParam]]
+
+#: (option, parameter, reader), in the order virsh reads them
+PARAMETERS: tuple[tuple[str, str, _Reader], ...] = (
+    ("migrateuri", "migrate_uri", _string),
+    ("graphicsuri", "graphics_uri", _string),
+    ("listen-address", "listen_address", _string),
+    ("disks-port", "disks_port", _nonzero_int),
+    ("disks-uri", "disks_uri", _string),
+    ("dname", "destination_name", _string),
+    ("migrate-disks", "migrate_disks", _list),
+    ("comp-methods", "compression", _list),
+    ("comp-mt-level", "compression.mt.level", _int),
+    ("comp-mt-threads", "compression.mt.threads", _int),
+    ("comp-mt-dthreads", "compression.mt.dthreads", _int),
+    ("comp-xbzrle-cache", "compression.xbzrle.cache", _ullong),
+    ("xml", "destination_xml", _file),
+    ("persistent-xml", "persistent_xml", _file),
+    ("auto-converge-initial", "auto_converge.initial", _int),
+    ("auto-converge-increment", "auto_converge.increment", _int),
+    ("postcopy-bandwidth", "bandwidth.postcopy", _ullong),
+    ("parallel-connections", "parallel.connections", _int),
+    ("bandwidth", "bandwidth", _ullong),
+    ("tls-destination", "tls.destination", _string),
+)
+
+
+def parameters_of(cmd: ParsedCommand) -> tuple[MigrateParam, ...]:
+    params: list[MigrateParam] = []
+    for option, name, reader in PARAMETERS:
+        params.extend(reader(cmd, option, name))
+    return tuple(params)
+
+
+# -- 4: flags ----------------------------------------------------------------------------------
+#: option → flag, in the order virsh sets them
+FLAGS: tuple[tuple[str, MigrateFlags], ...] = (
+    ("live", MigrateFlags.LIVE),
+    ("p2p", MigrateFlags.PEER2PEER),
+    ("tunnelled", MigrateFlags.TUNNELLED),
+    ("persistent", MigrateFlags.PERSIST_DEST),
+    ("undefinesource", MigrateFlags.UNDEFINE_SOURCE),
+    ("suspend", MigrateFlags.PAUSED),
+    ("copy-storage-all", MigrateFlags.NON_SHARED_DISK),
+    ("copy-storage-inc", MigrateFlags.NON_SHARED_INC),
+    ("copy-storage-synchronous-writes", MigrateFlags.NON_SHARED_SYNCHRONOUS_WRITES),
+    ("change-protection", MigrateFlags.CHANGE_PROTECTION),
+    ("unsafe", MigrateFlags.UNSAFE),
+    ("compressed", MigrateFlags.COMPRESSED),
+    ("auto-converge", MigrateFlags.AUTO_CONVERGE),
+    ("rdma-pin-all", MigrateFlags.RDMA_PIN_ALL),
+    ("offline", MigrateFlags.OFFLINE),
+    ("abort-on-error", MigrateFlags.ABORT_ON_ERROR),
+    ("postcopy", MigrateFlags.POSTCOPY),
+    ("postcopy-resume", MigrateFlags.POSTCOPY_RESUME),
+    ("zerocopy", MigrateFlags.ZEROCOPY),
+    ("tls", MigrateFlags.TLS),
+    ("parallel", MigrateFlags.PARALLEL),
+)
+
+_STORAGE_COPY = MigrateFlags.NON_SHARED_DISK | MigrateFlags.NON_SHARED_INC
+
+
+def flags_of(cmd: ParsedCommand) -> MigrateFlags:
+    flags = MigrateFlags(0)
+    for option, value in FLAGS:
+        if not cmd.flag(option):
+            continue
+        if value == MigrateFlags.NON_SHARED_SYNCHRONOUS_WRITES and not flags & _STORAGE_COPY:
+            # virsh's own wording, second dash pair missing included
+            raise CommandError("'--copy-storage-synchronous-writes' requires one of "
+                               "'--copy-storage-all', 'copy-storage-inc'")  # fmt: skip
+        flags |= value
+    return flags
+
+
+# -- 5: the client library's checks --------------------------------------------------------------
+def _exclusive_flags(flags: MigrateFlags, first: MigrateFlags, second: MigrateFlags) -> None:
+    if first in flags and second in flags:
+        raise CommandError(f"Flags 'VIR_MIGRATE_{first.name}' and 'VIR_MIGRATE_{second.name}' "
+                           "are mutually exclusive")  # fmt: skip
+
+
+def library_checks(request: MigrateRequest, readonly: bool) -> None:
+    """What libvirt.so refuses before sending anything, in its order for each API."""
+    if readonly:
+        raise CommandError("operation forbidden: read only access prevents "
+                           f"virDomain{request.api[0].upper()}{request.api[1:]}")  # fmt: skip
+    flags = request.flags
+    if request.api == "migrateToURI3":
+        _exclusive_flags(flags, MigrateFlags.TUNNELLED, MigrateFlags.PARALLEL)
+        _exclusive_flags(flags, MigrateFlags.NON_SHARED_DISK, MigrateFlags.NON_SHARED_INC)
+        return
+    _exclusive_flags(flags, MigrateFlags.NON_SHARED_DISK, MigrateFlags.NON_SHARED_INC)
+    if MigrateFlags.TUNNELLED in flags:
+        raise CommandError("cannot perform tunnelled migration without using peer2peer flag")
+    _exclusive_flags(flags, MigrateFlags.TUNNELLED, MigrateFlags.PARALLEL)
+
+
+def build_request(cmd: ParsedCommand, domain: str) -> MigrateRequest:
+    """Steps 2-4 (step 1 runs before the domain lookup, step 5 needs the connection)."""
+    timeout, action = timeout_of(cmd)
+    desturi = cmd.string("desturi") or ""
+    params = parameters_of(cmd)
+    return MigrateRequest(
+        domain=domain, desturi=desturi, flags=flags_of(cmd), params=params,
+        direct=cmd.flag("direct"), verbose=cmd.flag("verbose"), timeout=timeout,
+        timeout_action=action, postcopy_after_precopy=cmd.flag("postcopy-after-precopy"),
+    )
