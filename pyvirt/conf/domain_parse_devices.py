@@ -13,7 +13,6 @@ from collections.abc import Callable
 
 from pyvirt.conf import domain_schema as schema
 from pyvirt.conf.domain import (
-    Address,
     CharDevDef,
     ControllerDef,
     Devices,
@@ -432,9 +431,3 @@ def parse_devices(node: XNode, devices: Devices) -> None:
     sort_controllers(devices.controllers)
     devices.videos[:] = primary_video_first(devices.videos)
 
-
-def address_kind(address: Address | USBAddress | None) -> str | None:
-    """The ``type=`` an address formats with."""
-    kinds: dict[type, str] = {PCIAddress: "pci", DriveAddress: "drive",
-                              VirtioSerialAddress: "virtio-serial", USBAddress: "usb"}
-    return None if address is None else kinds[type(address)]

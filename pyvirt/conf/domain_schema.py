@@ -60,6 +60,7 @@ ON_CRASH = Choice(
     "on_crash action", _ACTIONS, ("rename-restart", "coredump-destroy", "coredump-restart")
 )
 LIFECYCLE_DEFAULTS = {"on_poweroff": "destroy", "on_reboot": "restart", "on_crash": "destroy"}
+LIFECYCLE = {"on_poweroff": ON_POWEROFF, "on_reboot": ON_REBOOT, "on_crash": ON_CRASH}
 
 CPU_MODE = Choice("CPU mode", ("custom", "host-model", "host-passthrough", "maximum"))
 CPU_MATCH = Choice("CPU match", ("exact",), ("minimum", "strict"))

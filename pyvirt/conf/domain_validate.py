@@ -51,6 +51,7 @@ def validate_domain_name(name: str) -> None:
 
 
 def validate_domain(dom: DomainDef) -> None:
+    """Raise the first rule *dom* breaks (see the module docstring)."""
     for check in _CHECKS:
         check(dom)
 
@@ -85,11 +86,9 @@ def _check_resources(dom: DomainDef) -> None:
         raise XMLError("domain must have at least one vCPU")
     if dom.vcpu_placement is not None:
         schema.VCPU_PLACEMENT.check(dom.vcpu_placement)
-    for event in schema.LIFECYCLE_DEFAULTS:
+    for event, choice in schema.LIFECYCLE.items():
         value = getattr(dom, event)
         if value is not None:
-            choice = {"on_poweroff": schema.ON_POWEROFF, "on_reboot": schema.ON_REBOOT,
-                      "on_crash": schema.ON_CRASH}[event]
             choice.check(value)
 
 

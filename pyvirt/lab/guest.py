@@ -683,6 +683,8 @@ def _attr(value: str) -> str:
 
 
 # libvirt's own formatting style (single quotes, 2-space indent); values are escaped.
+# <acpi/>: as in libvirt, without it QEMU runs with acpi=off, leaving the guest no
+# power button (system_powerdown) and no way to power itself off (ACPI S5).
 _DISK_TEMPLATE = """\
     <disk type='file' device='disk'>
       <driver name='qemu' type='{format}' cache='none'/>
@@ -701,6 +703,9 @@ _DOMAIN_TEMPLATE = """\
     <initrd>{initrd}</initrd>
     <cmdline>{cmdline}</cmdline>
   </os>
+  <features>
+    <acpi/>
+  </features>
   <on_poweroff>destroy</on_poweroff>
   <on_reboot>restart</on_reboot>
   <on_crash>destroy</on_crash>

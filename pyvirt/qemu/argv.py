@@ -3,8 +3,9 @@
 :func:`build_argv` turns a :class:`~pyvirt.conf.domain.DomainDef` that has been through
 ``apply_defaults`` (uuid, emulator, canonical machine, MACs, addresses filled) plus the
 runtime values the driver resolved (graphics ports, tap names, unix channel paths) into
-the argv of a daemonized, paused QEMU with a QMP socket. No I/O, no randomness, no QEMU
-probing: the same input always gives the same argv, which is what makes the migration
+the argv of a paused QEMU with a QMP socket. QEMU runs in the foreground (no
+``-daemonize``), so its stderr keeps going to the domain log for its whole life; ``-daemonize``
+would send it to /dev/null. No I/O, no randomness, no QEMU probing: the same input always gives the same argv, which is what makes the migration
 destination's QEMU match the source's.
 
 The shape follows libvirt's modern command line (``-blockdev`` JSON, ``-device`` with
@@ -63,7 +64,7 @@ TIMER_ATTRS: dict[str, frozenset[str]] = {
     "kvmclock": frozenset({"present"}),
 }
 #: options that take no value (everything else is "-opt value"); used by format_args
-FLAG_OPTIONS = frozenset({"-S", "-daemonize", "-no-user-config", "-nodefaults", "-no-shutdown"})
+FLAG_OPTIONS = frozenset({"-S", "-no-user-config", "-nodefaults", "-no-shutdown"})
 
 
 # --- validation of things that have no argv form -----------------------------------------
@@ -111,7 +112,7 @@ def _timer_present(dom: DomainDef, name: str) -> bool | None:
 def _process(ctx: Ctx) -> list[str]:
     # -S: always start paused, the driver sends "cont" once everything is wired up
     return ["-name", keyval(f"guest={ctx.dom.name}", [("debug-threads", True)]),
-            "-S", "-daemonize", "-pidfile", ctx.paths.pidfile]
+            "-S", "-pidfile", ctx.paths.pidfile]
 
 
 def _machine(ctx: Ctx) -> list[str]:

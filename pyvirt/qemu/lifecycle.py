@@ -25,7 +25,7 @@ from pyvirt.constants import (
     RunningReason,
     ShutoffReason,
 )
-from pyvirt.errors import OperationFailedError, VirtError
+from pyvirt.errors import InternalError, OperationFailedError, VirtError
 from pyvirt.qemu import process as qproc
 from pyvirt.qemu import runtime_setup
 from pyvirt.qemu.argv import LaunchOptions, LaunchPaths, build_argv
@@ -111,8 +111,10 @@ class DomainRunner:
             await obj.monitor.connect(path, self.settings.monitor_timeout_s, process.alive)
         except VirtError as exc:
             tail = qproc.log_tail(log_path)
-            detail = f"{exc.message}: {tail}" if tail else exc.message
-            raise OperationFailedError(f"QEMU failed to start for '{obj.name}': {detail}") \
+            if not tail or process.alive():
+                raise
+            # libvirt's wording for a QEMU that died at start, with QEMU's own reason
+            raise InternalError(f"process exited while connecting to monitor: {tail}") \
                 from exc
 
     def _new_monitor(self, obj: DomainObj) -> Monitor:

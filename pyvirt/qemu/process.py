@@ -114,13 +114,16 @@ def qemu_env(extra: dict[str, str]) -> dict[str, str]:
     return env
 
 
-def log_tail(log_path: Path, limit: int = 2000) -> str:
-    """The end of a QEMU log, for error messages when QEMU fails to start."""
+def log_tail(log_path: Path, limit: int = 4000) -> str:
+    """What QEMU printed since the last start of this domain (for start-up errors)."""
     try:
         data = log_path.read_bytes()[-limit:]
     except OSError:
         return ""
-    lines = data.decode(errors="replace").strip().splitlines()
-    # Skip our own "starting up" header and command line.
-    useful = [ln for ln in lines if not ln.endswith("starting up") and "qemu-system" not in ln]
+    lines = data.decode(errors="replace").splitlines()
+    # Our header is two lines: "<time>: starting up" and the command line.
+    starts = [i for i, line in enumerate(lines) if line.endswith(": starting up")]
+    if starts:
+        lines = lines[starts[-1] + 2:]
+    useful = [line for line in lines if line.strip() and "char device redirected" not in line]
     return "\n".join(useful[-5:])

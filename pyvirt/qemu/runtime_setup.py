@@ -15,6 +15,7 @@ from typing import Any
 
 from pyvirt.conf.domain import CharDevDef, DomainDef
 from pyvirt.qemu import resources
+from pyvirt.qemu.argv_aliases import assign_aliases
 from pyvirt.qemu.domain_obj import DomainObj, RuntimeResources
 from pyvirt.qemu.monitor import Monitor
 from pyvirt.qemu.resources import PortAllocator
@@ -22,10 +23,15 @@ from pyvirt.qemu.resources import PortAllocator
 
 def prepare_resources(obj: DomainObj, live: DomainDef, run_dir: Path,
                       ports: PortAllocator) -> None:
+    assign_aliases(live)
     for graphics in live.devices.graphics:
+        listen = graphics.listen or "127.0.0.1"
         if graphics.port is None or graphics.port < 0:
-            graphics.port = ports.allocate(graphics.listen or "127.0.0.1")
+            graphics.port = ports.allocate(listen)
             obj.resources.graphics_ports.append(graphics.port)
+        if graphics.tls_port is not None and graphics.tls_port < 0:
+            graphics.tls_port = ports.allocate(listen)
+            obj.resources.graphics_ports.append(graphics.tls_port)
     for iface in live.devices.interfaces:
         if iface.type == "bridge":
             assert iface.source_bridge is not None
@@ -49,13 +55,12 @@ async def after_launch(obj: DomainObj, live: DomainDef, monitor: Monitor) -> Non
 
 
 def _record_pty_paths(live: DomainDef, chardevs: list[dict[str, Any]]) -> None:
+    # The argv names each chardev "char" + the device alias (libvirt's convention).
     by_label = {dev["label"]: dev["filename"] for dev in chardevs}
-    devices: list[tuple[str, CharDevDef]] = [
-        (f"charserial{i}", dev) for i, dev in enumerate(live.devices.serials)]
-    devices += [(f"charchannel{i}", dev) for i, dev in enumerate(live.devices.channels)]
-    devices += [(f"charconsole{i}", dev) for i, dev in enumerate(live.devices.consoles)]
-    for label, dev in devices:
-        filename = by_label.get(label, "")
+    devices: list[CharDevDef] = [*live.devices.serials, *live.devices.channels,
+                                 *live.devices.consoles]
+    for dev in devices:
+        filename = by_label.get(f"char{dev.alias}", "")
         if dev.type == "pty" and filename.startswith("pty:"):
             dev.source_path = filename[len("pty:"):]
     # A serial console mirrors serial 0: it shows the same pty.

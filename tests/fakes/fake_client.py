@@ -197,7 +197,7 @@ TEST_DRIVER_UNSUPPORTED = {
 }  # fmt: skip
 
 
-def test_driver_host() -> FakeHost:
+def like_test_driver() -> FakeHost:
     """:func:`default_host` that also lacks what the test driver lacks."""
     host = default_host()
     host.unsupported.update(TEST_DRIVER_UNSUPPORTED)

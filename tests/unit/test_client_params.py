@@ -83,3 +83,4 @@ def test_one_table_for_migration_params() -> None:
     assert MIGRATE_PARAM_TYPES["bandwidth"] is T.ULLONG
     assert MIGRATE_PARAM_TYPES["disks_port"] is T.INT
     assert MIGRATE_PARAM_TYPES["destination_xml"] is T.STRING
+

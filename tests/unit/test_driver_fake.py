@@ -25,6 +25,7 @@ from pyvirt.constants import (
 )
 from pyvirt.errors import (
     ErrorCode,
+    InternalError,
     OperationFailedError,
     OperationInvalidError,
     OperationTimeoutError,
@@ -253,7 +254,8 @@ async def test_io_error_pause_reason(drivers: DriverFactory, short_tmp: Path) ->
 async def test_start_failure_leaves_nothing(drivers: DriverFactory, short_tmp: Path) -> None:
     driver = await fake_driver(drivers, short_tmp, faults={"exit_before_monitor": 1})
     obj = await driver.define_xml(domain_xml())
-    with pytest.raises(OperationFailedError, match="injected start failure"):
+    with pytest.raises(InternalError,
+                       match="process exited while connecting to monitor: .*injected"):
         await driver.create(obj)
     assert driver.get_state(obj) == (DomainState.SHUTOFF, ShutoffReason.FAILED)
     assert not obj.active and obj.process is None

@@ -52,7 +52,8 @@ def test_default_xml_has_exactly_the_agreed_shape(_guest_dir: Path) -> None:
     root = _parse(domain_xml("g1"))
     assert root.tag == "domain" and root.attrib == {"type": "qemu"}
     assert [c.tag for c in root] == [
-        "name", "memory", "vcpu", "os", "on_poweroff", "on_reboot", "on_crash", "devices",
+        "name", "memory", "vcpu", "os", "features", "on_poweroff", "on_reboot", "on_crash",
+        "devices",
     ]  # fmt: skip
     assert root.findtext("name") == "g1"
     memory = root.find("memory")
@@ -66,6 +67,9 @@ def test_default_xml_has_exactly_the_agreed_shape(_guest_dir: Path) -> None:
     assert type_el.attrib == {"arch": "x86_64", "machine": "pc"}
     assert os_el.findtext("kernel") == str(_guest_dir / "vmlinuz")
     assert os_el.findtext("initrd") == str(_guest_dir / "initramfs.img")
+    # ACPI on: the power button (system_powerdown) and the guest's own power-off need it.
+    features = root.find("features")
+    assert features is not None and [(c.tag, c.attrib) for c in features] == [("acpi", {})]
     assert [root.findtext(t) for t in ("on_poweroff", "on_reboot", "on_crash")] == [
         "destroy", "restart", "destroy",
     ]  # fmt: skip
@@ -101,6 +105,14 @@ def test_poweroff_after_is_on_the_cmdline_only_when_set() -> None:
         "pvw.dirty_rate=2", f"pvw.disk={guest.GUEST_DISK_DEV}", "pvw.disk_mb=1",
         "pvw.poweroff_after=5",
     ]  # fmt: skip
+
+
+def test_pyvirt_parses_the_xml_and_gives_qemu_acpi() -> None:
+    from pyvirt.conf.domain_parse import parse_domain_xml
+
+    dom = parse_domain_xml(domain_xml("g1", poweroff_after=3))
+    assert dom.features is not None and dom.features.acpi
+    assert dom.os.cmdline is not None and dom.os.cmdline.endswith(" pvw.poweroff_after=3")
 
 
 def test_memory_type_and_guest_image_are_used(tmp_path: Path) -> None:

@@ -148,7 +148,7 @@ def test_default_daemon_is_pyvirtd_from_this_python(monkeypatch: pytest.MonkeyPa
     monkeypatch.delenv(hosts.DAEMON_ENV, raising=False)
     host = lab_host(1)
     assert expand_argv(daemon_template(), host) == [
-        sys.executable, "-m", "pyvirt.daemon", "--config", str(host.pyvirtd_conf),
+        sys.executable, "-m", "pyvirt.daemon", "--listen", "--config", str(host.pyvirtd_conf),
     ]
 
 

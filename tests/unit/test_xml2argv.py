@@ -229,19 +229,14 @@ def _tmpdir() -> Iterator[Path]:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def _kill_from_pidfile(pidfile: Path) -> None:
-    with contextlib.suppress(OSError, ValueError):
-        pid = int(pidfile.read_text().strip())
-        os.kill(pid, signal.SIGKILL)
-
-
-def _wait_gone(pidfile: Path, timeout: float = 10.0) -> None:
-    with contextlib.suppress(OSError, ValueError):
-        pid = int(pidfile.read_text().strip())
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            os.kill(pid, 0)  # raises once the process is gone
-            time.sleep(0.05)
+def _wait_monitor(proc: subprocess.Popen[str], path: str, timeout: float = 30.0) -> None:
+    """Wait for QEMU's monitor socket; fail with QEMU's own message if it exits first."""
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(path):
+        if proc.poll() is not None:
+            raise AssertionError(f"QEMU refused the argv: {proc.communicate()[1]}")
+        assert time.monotonic() < deadline, "QEMU monitor did not appear"
+        time.sleep(0.02)
 
 
 @pytest.mark.qemu
@@ -260,11 +255,13 @@ def test_qemu_accepts_golden_argv(case: str) -> None:
         _relocate(dom, tmp)
         paths = LaunchPaths(str(tmp / "mon.sock"), str(tmp / "qemu.pid"), str(tmp / "serial"))
         argv = build_argv(dom, paths)
+        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                text=True)
         try:
-            # -daemonize: the parent exits 0 only once the whole command line was accepted
-            done = subprocess.run(argv, capture_output=True, text=True, timeout=60)
-            assert done.returncode == 0, done.stderr
+            _wait_monitor(proc, paths.monitor_socket)
             _qmp_quit(paths.monitor_socket)
-            _wait_gone(Path(paths.pidfile))
+            assert proc.wait(timeout=30) == 0, proc.communicate()[1]
         finally:
-            _kill_from_pidfile(Path(paths.pidfile))
+            if proc.poll() is None:
+                proc.kill()
+            proc.communicate()
