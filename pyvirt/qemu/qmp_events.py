@@ -85,7 +85,9 @@ class QmpEventHandler:
         for listener in list(self.listeners):
             listener(obj, name, data, when)
         handler = self.table.get(name)
-        if handler is not None and obj.live is not None:
+        # While we stop QEMU ourselves (destroy), its SHUTDOWN/STOP on SIGTERM are echoes of
+        # our own action: the stop path records the state and reason.
+        if handler is not None and obj.live is not None and not obj.stopping:
             handler(self, obj, data)
 
     def _on_stop(self, obj: DomainObj, data: dict[str, Any]) -> None:

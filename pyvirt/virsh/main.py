@@ -73,16 +73,17 @@ def pyvirt_version() -> str:
 
 
 def default_connect(uri: str, readonly: bool) -> Connection:
-    """Open ``uri`` with pyvirt's client library (imported only now: it is the heavy part)."""
+    """Open ``uri`` with pyvirt's client library (``pyvirt.open``, libvirt-python's names).
+
+    The client's machinery (asyncio, RPC) is imported by this first call, not at start-up.
+    """
+    import pyvirt
     from pyvirt.errors import ErrorCode, VirtError
 
-    try:
-        import pyvirt.client as client
-
-        opener = client.openReadOnly if readonly else client.open  # type: ignore[attr-defined]
-    except (ImportError, AttributeError) as exc:
-        raise VirtError(f"internal error: pyvirt client library unavailable: {exc}",
-                        code=ErrorCode.INTERNAL_ERROR) from exc  # fmt: skip
+    opener = getattr(pyvirt, "openReadOnly" if readonly else "open", None)
+    if opener is None:
+        raise VirtError("internal error: pyvirt's client library is not available",
+                        code=ErrorCode.INTERNAL_ERROR)  # fmt: skip
     conn: Connection = opener(uri)
     return conn
 

@@ -463,13 +463,13 @@ class FakeDomain:
 
     # -- lifecycle ---------------------------------------------------------------------------
     def create(self) -> int:
-        return self._start("create", 0)
+        return self._start(0, "create")
 
     def createWithFlags(self, flags: int = 0) -> int:
-        return self._start("createWithFlags", flags)
+        return self._start(flags, "createWithFlags", flags)
 
-    def _start(self, method: str, flags: int) -> int:
-        record = self._live(method, flags)
+    def _start(self, flags: int, method: str, *args: Any) -> int:
+        record = self._live(method, *args)
         if record.active:
             raise error(ErrorCode.OPERATION_INVALID,
                         "Requested operation is not valid: domain is already running")
@@ -477,17 +477,19 @@ class FakeDomain:
         return 0
 
     def destroy(self) -> int:
-        return self.destroyFlags(0, method="destroy")
+        self._active("destroy").stop(self.conn.host, ShutoffReason.DESTROYED)
+        return 0
 
-    def destroyFlags(self, flags: int = 0, method: str = "destroyFlags") -> int:
-        self._active(method, flags).stop(self.conn.host, ShutoffReason.DESTROYED)
+    def destroyFlags(self, flags: int = 0) -> int:
+        self._active("destroyFlags", flags).stop(self.conn.host, ShutoffReason.DESTROYED)
         return 0
 
     def shutdown(self) -> int:
-        return self.shutdownFlags(0, method="shutdown")
+        self._active("shutdown").stop(self.conn.host, ShutoffReason.SHUTDOWN)
+        return 0
 
-    def shutdownFlags(self, flags: int = 0, method: str = "shutdownFlags") -> int:
-        self._active(method, flags).stop(self.conn.host, ShutoffReason.SHUTDOWN)
+    def shutdownFlags(self, flags: int = 0) -> int:
+        self._active("shutdownFlags", flags).stop(self.conn.host, ShutoffReason.SHUTDOWN)
         return 0
 
     def reboot(self, flags: int = 0) -> int:
@@ -506,10 +508,13 @@ class FakeDomain:
         return 0
 
     def undefine(self) -> int:
-        return self.undefineFlags(0, method="undefine")
+        return self._undefine("undefine")
 
-    def undefineFlags(self, flags: int = 0, method: str = "undefineFlags") -> int:
-        record = self._live(method, flags)
+    def undefineFlags(self, flags: int = 0) -> int:
+        return self._undefine("undefineFlags", flags)
+
+    def _undefine(self, method: str, *args: Any) -> int:
+        record = self._live(method, *args)
         if not record.persistent:
             raise error(ErrorCode.OPERATION_INVALID,
                         "Requested operation is not valid: cannot undefine transient domain")
@@ -540,10 +545,13 @@ class FakeDomain:
         return dict(record.completed_job if flags & 1 else record.job)
 
     def abortJob(self) -> int:
-        return self.abortJobFlags(0, method="abortJob")
+        return self._abort("abortJob")
 
-    def abortJobFlags(self, flags: int = 0, method: str = "abortJobFlags") -> int:
-        record = self._active(method, flags)
+    def abortJobFlags(self, flags: int = 0) -> int:
+        return self._abort("abortJobFlags", flags)
+
+    def _abort(self, method: str, *args: Any) -> int:
+        record = self._active(method, *args)
         if record.job.get("type", 0) not in (1, 2):
             raise error(ErrorCode.OPERATION_INVALID,
                         "Requested operation is not valid: no job is active on the domain")

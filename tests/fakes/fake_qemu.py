@@ -199,8 +199,12 @@ async def run(argv: list[str]) -> int:
     if "exit_before_monitor" in faults:
         print("fake qemu: injected start failure", file=sys.stderr)
         return int(faults["exit_before_monitor"])
+    loop = asyncio.get_running_loop()
     if faults.get("ignore_sigterm"):
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    else:
+        # Like QEMU: SIGTERM announces a host-initiated SHUTDOWN, then exits.
+        loop.add_signal_handler(signal.SIGTERM, lambda: _terminate(fake))
     pidfile = fake.option("-pidfile")
     if pidfile:
         with open(pidfile, "w") as handle:
@@ -214,6 +218,11 @@ async def run(argv: list[str]) -> int:
     async with server:
         await fake.done.wait()
     return fake.exit_code
+
+
+def _terminate(fake: FakeQemu) -> None:
+    fake.emit("SHUTDOWN", {"guest": False, "reason": "host-signal"})
+    asyncio.get_running_loop().call_later(0.01, fake.quit)
 
 
 def main() -> int:

@@ -71,7 +71,8 @@ def test_minimal_shape() -> None:
     argv = argv_of(make_dom())
     assert argv[0] == "/usr/bin/qemu-system-x86_64"
     assert one(argv, "-name") == "guest=t,debug-threads=on"
-    for flag in ("-S", "-daemonize", "-no-user-config", "-nodefaults", "-no-shutdown"):
+    assert "-daemonize" not in argv  # QEMU stays in the foreground: stderr -> domain log
+    for flag in ("-S", "-no-user-config", "-nodefaults", "-no-shutdown"):
         assert flag in argv
     assert one(argv, "-machine") == "pc-i440fx-10.0,usb=off,dump-guest-core=off,acpi=off"
     assert one(argv, "-accel") == "tcg"

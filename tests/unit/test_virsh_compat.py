@@ -17,9 +17,9 @@ from pyvirt.virsh import registry
 from tests.fakes.fake_client import (
     Result,
     default_host,
+    like_test_driver,
     run_pyvirsh,
     run_virsh,
-    like_test_driver,
 )
 
 pytestmark = pytest.mark.skipif(shutil.which("virsh") is None, reason="no stock virsh")

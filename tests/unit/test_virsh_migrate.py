@@ -233,7 +233,7 @@ def virsh_migrate(line: str) -> Result | None:
     own race, more often under load): retry with a short timeout; None if it kept hanging."""
     for _ in range(4):
         try:
-            return run_virsh(["-c", "test:///default", line], timeout=2)
+            return run_virsh(["-c", "test:///default", line], timeout=1)
         except subprocess.TimeoutExpired:
             continue
     return None
@@ -250,7 +250,7 @@ def virsh_results() -> dict[str, Result | None]:
     if shutil.which("virsh") is None:
         pytest.skip("no stock virsh")
     lines = [f"migrate test test:///default {options}" for options in VIRSH_CASES] + NOT_FOUND
-    with ThreadPoolExecutor(max_workers=8) as pool:
+    with ThreadPoolExecutor(max_workers=6) as pool:
         return dict(zip(lines, pool.map(virsh_migrate, lines), strict=True))
 
 
