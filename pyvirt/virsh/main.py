@@ -302,6 +302,8 @@ def main(argv: list[str] | None = None, connect: ConnectFactory | None = None, *
     """Run pyvirsh; returns the exit status. ``connect`` replaces the client (tests)."""
     args = list(sys.argv if argv is None else argv)
     progname = os.path.basename(args[0]) if args else "pyvirsh"
+    if progname.endswith(".py"):  # python -m pyvirt.virsh
+        progname = "pyvirsh"
     out, err = stdout or sys.stdout, stderr or sys.stderr
     try:
         settings = parse_global(args[1:], out, err, progname)
@@ -330,10 +332,7 @@ def _session(shell: Shell, settings: Settings, stdin: TextIO) -> int:
         try:
             shell.reconnect(settings.uri, settings.readonly)
         except CommandError as exc:
-            for message in exc.messages:
-                shell.error(message)
-            if exc.cause is not None:
-                shell.report(exc.cause)
+            shell.fail(exc)
             return 1
     if not words:
         shell.interact(stdin)

@@ -86,6 +86,13 @@ class Shell:
                 code == ErrorCode.SYSTEM_ERROR and domain == ErrorDomain.REMOTE):
             self.disconnected += 1
 
+    def fail(self, exc: CommandError) -> None:
+        """A failed command's messages, then its cause's (vshError, then vshReportError)."""
+        for message in exc.messages:
+            self.error(message)
+        if exc.cause is not None:
+            self.report(exc.cause)
+
     # -- the connection ----------------------------------------------------------------------
     def reconnect(self, name: str | None = None, readonly: bool = False,
                   force: bool = False) -> None:  # fmt: skip
@@ -173,10 +180,7 @@ class Shell:
                 self.reconnect()
             return _handler(cmd.spec.handler)(self, cmd)
         except CommandError as exc:
-            for message in exc.messages:
-                self.error(message)
-            if exc.cause is not None:
-                self.report(exc.cause)
+            self.fail(exc)
         except VirtError as exc:
             self.report(exc)
         return False

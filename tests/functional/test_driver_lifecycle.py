@@ -124,3 +124,40 @@ async def test_start_failure_reports_qemu_error(drivers: DriverFactory, guest: G
         await driver.create(obj)
     assert driver.get_state(obj) == (DomainState.SHUTOFF, ShutoffReason.FAILED)
     assert obj.process is None and not obj.active
+
+
+async def test_acpi_shutdown_and_guest_poweroff(drivers: DriverFactory,
+                                                guest: GuestImage) -> None:
+    # Checks: shutdown() asks the guest via ACPI and waits; the guest powers off and the
+    # domain ends shut off (shutdown); a guest that powers itself off ends the same way.
+    driver = await drivers()
+    obj = await driver.define_xml(domain_xml("acpi1", guest=guest))
+    await driver.create(obj)
+    await serial(driver, "acpi1").wait_heartbeat(above=1)
+    await driver.shutdown(obj, timeout=30)
+    assert driver.get_state(obj) == (DomainState.SHUTOFF, ShutoffReason.SHUTDOWN)
+    assert obj.process is None
+    self_off = await driver.create_xml(domain_xml("self1", guest=guest, poweroff_after=2))
+    deadline = asyncio.get_running_loop().time() + 60
+    while self_off.active:
+        assert asyncio.get_running_loop().time() < deadline, "guest did not power off"
+        await asyncio.sleep(0.2)
+    assert driver.list_all() == [obj]  # the transient one is gone
+
+
+async def test_reboot_restarts_the_guest_in_the_same_qemu(drivers: DriverFactory,
+                                                          guest: GuestImage) -> None:
+    # Checks: reboot() (ACPI power-off, then reset) boots the guest again (its counter
+    # starts over) inside the same QEMU process, and the domain stays running.
+    driver = await drivers()
+    obj = await driver.create_xml(domain_xml("boot1", guest=guest))
+    log = serial(driver, "boot1")
+    before = await log.wait_heartbeat(above=3)
+    pid = obj.process.pid if obj.process else -1
+    await driver.reboot(obj)
+    deadline = asyncio.get_running_loop().time() + 60
+    while not ((last := log.last()) is not None and last.n < before.n):
+        assert asyncio.get_running_loop().time() < deadline, "guest did not reboot"
+        await asyncio.sleep(0.2)
+    assert obj.active and obj.process is not None and obj.process.pid == pid
+    assert driver.get_state(obj)[0] == DomainState.RUNNING

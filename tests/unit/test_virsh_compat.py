@@ -99,6 +99,7 @@ def test_help_of_groups_keeps_virsh_layout() -> None:
     "dominfo test --domain test", "dominfo --domain test --domain test", "list -a", "list --",
     "list --=x", "list ---x", "list --1", "dominfo -- test", "dominfo -- --all",
     "dominfo --domain=test=x", "list --all=", "migrate", "migrate test", "migrate --desturi x",
+    "migrate-setmaxdowntime test", "migrate-setspeed test", "migrate-compcache test --size",
     "domid test; foo", "domid test; dominfo", "domid nope", "domname nope",
     "dominfo test;domid test", "dominfo 'test'", 'dominfo "te st"', "dominfo te\\st",
     "domid test ; domname 1", "domid test #comment", "domid test #x ; domid test",
