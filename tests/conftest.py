@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import AsyncIterator, Callable
+import shutil
+import tempfile
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -16,7 +18,7 @@ if TYPE_CHECKING:
 
 FAKE_QEMU = str(Path(__file__).parent / "fakes" / "fake_qemu.py")
 
-DriverFactory = Callable[..., "QemuDriver"]
+DriverFactory = Callable[..., Awaitable["QemuDriver"]]
 
 
 def make_settings(root: Path, emulator: str = "/usr/bin/qemu-system-x86_64",
@@ -32,12 +34,10 @@ def make_settings(root: Path, emulator: str = "/usr/bin/qemu-system-x86_64",
 
 
 @pytest.fixture
-def short_tmp(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def short_tmp() -> Iterator[Path]:
     """A short directory path: unix socket paths must stay under 108 bytes."""
-    import tempfile
     path = Path(tempfile.mkdtemp(prefix="pv-", dir="/tmp"))
-    yield path  # type: ignore[misc]
-    import shutil
+    yield path
     shutil.rmtree(path, ignore_errors=True)
 
 
@@ -59,7 +59,7 @@ async def drivers(short_tmp: Path) -> AsyncIterator[DriverFactory]:
         made.append(driver)
         return driver
 
-    yield factory  # type: ignore[misc]
+    yield factory
     for driver in reversed(made):
         for obj in driver.list_all():
             if obj.active and obj.monitor is not None:

@@ -56,7 +56,7 @@ class ClientEvents:
                             f"domain event ID {event_id} is not supported by pyvirtd",
                             code=ErrorCode.NO_SUPPORT)
         if legacy and any(r.legacy and r.event_id == event_id for r in self._regs.values()):
-            raise VirtError("operation failed: domain event %d already registered" % event_id,
+            raise VirtError(f"operation failed: domain event {event_id} already registered",
                             code=ErrorCode.OPERATION_FAILED)
         callback_id = next(self._ids)
         self._regs[callback_id] = Registration(callback_id, event_id, uuid, legacy)

@@ -5,8 +5,9 @@
 runtime values the driver resolved (graphics ports, tap names, unix channel paths) into
 the argv of a paused QEMU with a QMP socket. QEMU runs in the foreground (no
 ``-daemonize``), so its stderr keeps going to the domain log for its whole life; ``-daemonize``
-would send it to /dev/null. No I/O, no randomness, no QEMU probing: the same input always gives the same argv, which is what makes the migration
-destination's QEMU match the source's.
+would send it to /dev/null. No I/O, no randomness, no QEMU probing: the same input always
+gives the same argv, which is what makes the migration destination's QEMU match the
+source's.
 
 The shape follows libvirt's modern command line (``-blockdev`` JSON, ``-device`` with
 libvirt's aliases as ids, ``-action``/``-overcommit``) so libvirt users recognise it;

@@ -75,7 +75,7 @@ async def suspend(driver: QemuDriver, obj: DomainObj) -> None:
         obj.pending_pause_reason = PausedReason.USER
         await driver.runner.monitor(obj).execute("stop")
         # The STOP event normally arrives before the reply; make sure the state is right.
-        if obj.state != DomainState.PAUSED:
+        if current_state(obj) != DomainState.PAUSED:
             obj.set_state(DomainState.PAUSED, PausedReason.USER)
         driver.runner.save_status(obj)
 
@@ -89,9 +89,14 @@ async def resume(driver: QemuDriver, obj: DomainObj) -> None:
             return
         obj.pending_resume_reason = RunningReason.UNPAUSED
         await driver.runner.monitor(obj).execute("cont")
-        if obj.state != DomainState.RUNNING:
+        if current_state(obj) != DomainState.RUNNING:
             obj.set_state(DomainState.RUNNING, RunningReason.UNPAUSED)
         driver.runner.save_status(obj)
+
+
+def current_state(obj: DomainObj) -> DomainState:
+    """The state now (QMP events may have changed it while we awaited)."""
+    return obj.state
 
 
 _STATE_FLAGS = {

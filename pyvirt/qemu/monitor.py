@@ -112,7 +112,8 @@ class Monitor:
             await self._qmp.disconnect()
 
     async def _pump_events(self) -> None:
-        async for event in self._qmp.events:
+        async for message in self._qmp.events:
+            event: dict[str, Any] = dict(message)  # a qemu.qmp Message is a mapping
             stamp = event.get("timestamp", {})
             when = float(stamp.get("seconds", 0)) + float(stamp.get("microseconds", 0)) / 1e6
             try:

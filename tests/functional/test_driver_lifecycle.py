@@ -59,7 +59,7 @@ async def test_define_start_pause_resume_destroy_undefine(
     run_dir = obj.resources.run_dir
     await driver.destroy(obj)
     assert driver.get_state(obj) == (DomainState.SHUTOFF, ShutoffReason.DESTROYED)
-    assert not process.alive() and not Path(f"/proc/{process.pid}/cmdline").exists() or \
+    assert (not process.alive() and not Path(f"/proc/{process.pid}/cmdline").exists()) or \
         b"life1" not in Path(f"/proc/{process.pid}/cmdline").read_bytes()
     assert run_dir is not None and not run_dir.exists()
     assert not driver.runner.status_store.exists("life1")
@@ -120,7 +120,7 @@ async def test_start_failure_reports_qemu_error(drivers: DriverFactory, guest: G
     missing = short_tmp / "nope.raw"
     obj = await driver.define_xml(domain_xml("bad1", guest=guest, disk=missing,
                                              disk_format="raw"))
-    with pytest.raises(Exception, match="nope.raw"):
+    with pytest.raises(Exception, match=r"nope\.raw"):
         await driver.create(obj)
     assert driver.get_state(obj) == (DomainState.SHUTOFF, ShutoffReason.FAILED)
     assert obj.process is None and not obj.active

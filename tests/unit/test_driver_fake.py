@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import uuid as uuidlib
 from pathlib import Path
 from typing import Any
@@ -193,7 +194,7 @@ async def test_shutdown_timeout_when_guest_ignores_acpi(drivers: DriverFactory,
                                                         short_tmp: Path) -> None:
     driver = await fake_driver(drivers, short_tmp, faults={"ignore_powerdown": True})
     obj = await driver.create_xml(domain_xml())
-    with pytest.raises(OperationTimeoutError, match="did not shut down within 0.3 s"):
+    with pytest.raises(OperationTimeoutError, match=r"did not shut down within 0\.3 s"):
         await driver.shutdown(obj, timeout=0.3)
     assert obj.state == DomainState.RUNNING
 
@@ -255,7 +256,7 @@ async def test_start_failure_leaves_nothing(drivers: DriverFactory, short_tmp: P
     driver = await fake_driver(drivers, short_tmp, faults={"exit_before_monitor": 1})
     obj = await driver.define_xml(domain_xml())
     with pytest.raises(InternalError,
-                       match="process exited while connecting to monitor: .*injected"):
+                       match=r"process exited while connecting to monitor: .*injected"):
         await driver.create(obj)
     assert driver.get_state(obj) == (DomainState.SHUTOFF, ShutoffReason.FAILED)
     assert not obj.active and obj.process is None
@@ -308,7 +309,7 @@ async def test_reattach_when_qemu_died_meanwhile(drivers: DriverFactory,
     await first.close()
     for dom in first.list_all():
         assert dom.process is not None
-        dom.process._signal(9)  # noqa: SLF001 - the test plays the crash
+        dom.process._signal(signal.SIGKILL)
         await dom.process.wait_exit(5)
     second = await fake_driver(drivers, short_tmp)
     assert [o.name for o in second.list_all()] == ["g1"]

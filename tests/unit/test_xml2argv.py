@@ -23,7 +23,6 @@ import functools
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import tempfile
