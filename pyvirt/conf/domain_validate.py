@@ -322,7 +322,9 @@ def _check_chardevs(dom: DomainDef) -> None:
     devices = dom.devices
     for chardev in (*devices.serials, *devices.consoles, *devices.channels):
         schema.CHR_TYPE.check(chardev.type)
-        if chardev.type in ("file", "unix") and not chardev.source_path:
+        # the driver creates a unix channel's socket path at start, as libvirt does
+        path_optional = chardev.kind == "channel" and chardev.type == "unix"
+        if chardev.type in ("file", "unix") and not chardev.source_path and not path_optional:
             raise XMLError("Missing source path attribute for char device")
     _check_serials(devices.serials)
     for position, console in enumerate(devices.consoles):

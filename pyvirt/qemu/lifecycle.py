@@ -89,7 +89,10 @@ class DomainRunner:
         run_dir = self.settings.domain_run_dir(live.dom_id, live.name)
         run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         obj.resources.run_dir = run_dir
-        runtime_setup.prepare_resources(obj, live, run_dir, self.display_ports)
+        listen_defaults = {"vnc": self.settings.vnc_listen,
+                           "spice": self.settings.spice_listen}
+        runtime_setup.prepare_resources(obj, live, run_dir, self.display_ports,
+                                        listen_defaults)
         paths = LaunchPaths(
             monitor_socket=str(run_dir / "monitor.sock"),
             pidfile=str(run_dir / "qemu.pid"),

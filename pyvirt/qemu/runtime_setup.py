@@ -22,10 +22,12 @@ from pyvirt.qemu.resources import PortAllocator
 
 
 def prepare_resources(obj: DomainObj, live: DomainDef, run_dir: Path,
-                      ports: PortAllocator) -> None:
+                      ports: PortAllocator, listen_defaults: dict[str, str]) -> None:
     assign_aliases(live)
     for graphics in live.devices.graphics:
-        listen = graphics.listen or "127.0.0.1"
+        # qemu.conf's vnc_listen / spice_listen apply when the XML names no address
+        graphics.listen = graphics.listen or listen_defaults.get(graphics.type, "127.0.0.1")
+        listen = graphics.listen
         if graphics.port is None or graphics.port < 0:
             graphics.port = ports.allocate(listen)
             obj.resources.graphics_ports.append(graphics.port)

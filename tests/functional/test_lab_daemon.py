@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import sys
 import textwrap
 import time
 from collections.abc import Iterator
@@ -18,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from pyvirt.lab.guest import build_guest, domain_xml
-from pyvirt.lab.hosts import LabHost, lab_down, lab_up
+from pyvirt.lab.hosts import LabHost, lab_down, lab_ssh_key, lab_up
 from tests.functional.daemon_util import run
 from tests.functional.guestlog import SerialLog
 
@@ -115,3 +116,75 @@ def test_sigterm_keeps_guests_and_restart_reattaches(hosts: list[LabHost],
     after = wait_heartbeat(log, above=during)
     assert after > during > before
     assert virsh(host, "destroy", "keep")[0] == 0
+
+
+def pyvirsh(uri: str, *args: str) -> tuple[int, str, str]:
+    proc = run([str(Path(sys.executable).parent / "pyvirsh"), "-c", uri, *args], timeout=120)
+    return proc.returncode, proc.stdout, proc.stderr
+
+
+def _without_cpu_time(text: str) -> str:
+    return "\n".join(line for line in text.splitlines() if not line.startswith("CPU time:"))
+
+
+def test_pyvirsh_prints_what_the_stock_virsh_prints(hosts: list[LabHost],
+                                                     tmp_path: Path) -> None:
+    # Checks: the same commands through pyvirsh and the installed virsh, same daemon, same
+    # bytes (CPU time aside, which moves between the two calls).
+    host = hosts[1]
+    xml = tmp_path / "same.xml"
+    xml.write_text(domain_xml("same"))
+    assert pyvirsh(host.uri, "define", str(xml))[0] == 0
+    for state in ("inactive", "running", "paused"):
+        if state == "running":
+            assert pyvirsh(host.uri, "start", "same")[1] == "Domain 'same' started\n\n"
+        if state == "paused":
+            assert pyvirsh(host.uri, "suspend", "same")[1] == "Domain 'same' suspended\n\n"
+        for command in (["list", "--all"], ["list", "--name"], ["list", "--uuid"],
+                        ["domstate", "--reason", "same"], ["domid", "same"],
+                        ["domuuid", "same"], ["dumpxml", "same"], ["dumpxml", "--inactive",
+                                                                   "same"],
+                        ["dominfo", "same"], ["dominfo", "nosuch"], ["uri"], ["hostname"]):
+            ours, theirs = pyvirsh(host.uri, *command), virsh(host, *command)
+            assert ours[0] == theirs[0], command
+            assert _without_cpu_time(ours[1]) == _without_cpu_time(theirs[1]), command
+            assert ours[2] == theirs[2], command
+    assert pyvirsh(host.uri, "destroy", "same")[1] == "Domain 'same' destroyed\n\n"
+    assert pyvirsh(host.uri, "undefine", "same")[1] == "Domain 'same' has been undefined\n\n"
+
+
+@pytest.mark.parametrize("transport", ["tcp", "unix", "ssh"])
+def test_pyvirsh_lifecycle_over_each_transport(hosts: list[LabHost], tmp_path: Path,
+                                               transport: str) -> None:
+    # Checks: pyvirsh drives a real guest through its whole life over TCP, the daemon's
+    # unix socket, and qemu+ssh (ssh into the host's namespaces, then the unix socket).
+    host = hosts[0]
+    sock = host.dir / "run" / "sock" / "libvirt-sock"
+    uri = {
+        "tcp": host.uri,
+        "unix": f"qemu+unix:///system?socket={sock}",
+        "ssh": f"qemu+ssh://root@{host.address}/system?keyfile={lab_ssh_key()}"
+               f"&no_verify=1&socket={sock}",
+    }[transport]
+    name = f"t-{transport}"
+    xml = tmp_path / f"{name}.xml"
+    xml.write_text(domain_xml(name))
+    rc, out, err = pyvirsh(uri, "define", str(xml))
+    assert (rc, out) == (0, f"Domain '{name}' defined from {xml}\n\n")
+    assert "error" not in err  # ssh may warn about the host key it adds (no_verify=1)
+    assert pyvirsh(uri, "start", name)[1] == f"Domain '{name}' started\n\n"
+    log = serial(host, name)
+    beat = wait_heartbeat(log, above=0)
+    assert pyvirsh(uri, "suspend", name)[1] == f"Domain '{name}' suspended\n\n"
+    assert pyvirsh(uri, "domstate", "--reason", name)[1] == "paused (user)\n\n"
+    assert pyvirsh(uri, "resume", name)[1] == f"Domain '{name}' resumed\n\n"
+    assert wait_heartbeat(log, above=beat) > beat
+    assert pyvirsh(uri, "shutdown", name)[1] == f"Domain '{name}' is being shutdown\n\n"
+    deadline = time.monotonic() + 60
+    while pyvirsh(uri, "domstate", name)[1] != "shut off\n\n":
+        assert time.monotonic() < deadline, "guest did not shut down"
+        time.sleep(0.3)
+    assert pyvirsh(uri, "domstate", "--reason", name)[1] == "shut off (shutdown)\n\n"
+    assert pyvirsh(uri, "undefine", name)[1] == f"Domain '{name}' has been undefined\n\n"
+    rc, _, err = pyvirsh(uri, "dominfo", name)
+    assert rc == 1 and "error: failed to get domain" in err

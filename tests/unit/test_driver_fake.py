@@ -344,3 +344,26 @@ async def test_shutdown_state_from_guest_event(drivers: DriverFactory,
     await driver.runner.monitor(obj).execute("system_powerdown")
     await eventually(lambda: obj.state == DomainState.SHUTDOWN)
     assert obj.reason == ShutdownReason.USER and obj.active
+
+
+async def test_runtime_values_filled_at_start(drivers: DriverFactory, short_tmp: Path) -> None:
+    # A unix channel without a path gets one in the run dir; autoport VNC gets a port in
+    # the display range and the configured listen address; all show in the live XML only.
+    driver = await fake_driver(drivers, short_tmp, vnc_listen="127.0.0.1",
+                               remote_display_port_min=15900, remote_display_port_max=15999)
+    devices = """<channel type='unix'><target type='virtio' name='org.qemu.guest_agent.0'/>
+      </channel><graphics type='vnc' autoport='yes'/>"""
+    xml = domain_xml("rt1").replace("<memballoon model='none'/>",
+                                    devices + "<memballoon model='none'/>")
+    obj = await driver.define_xml(xml)
+    await driver.create(obj)
+    live = driver.get_xml(obj)
+    assert "org.qemu.guest_agent.0'/>" in live
+    assert str(driver.settings.run_dir) in live
+    port = obj.live.devices.graphics[0].port if obj.live else None
+    assert port is not None and 15900 <= port <= 15999 and f"port='{port}'" in live
+    assert "listen='127.0.0.1'" in live
+    inactive = driver.get_xml(obj, 2)
+    assert str(driver.settings.run_dir) not in inactive and "port='-1'" in inactive
+    await driver.destroy(obj)
+    assert port not in driver.runner.display_ports._used  # noqa: SLF001 - released
