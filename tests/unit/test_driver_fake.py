@@ -366,4 +366,4 @@ async def test_runtime_values_filled_at_start(drivers: DriverFactory, short_tmp:
     inactive = driver.get_xml(obj, 2)
     assert str(driver.settings.run_dir) not in inactive and "port='-1'" in inactive
     await driver.destroy(obj)
-    assert port not in driver.runner.display_ports._used  # noqa: SLF001 - released
+    assert port not in driver.runner.display_ports._used
