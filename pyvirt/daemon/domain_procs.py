@@ -6,7 +6,7 @@ from typing import Any
 
 from pyvirt.constants import CreateFlags, DestroyFlags, ListFlags, UndefineFlags, XMLFlags
 from pyvirt.daemon.context import Call, Handler, check_flags, handle_of
-from pyvirt.errors import ErrorCode, OperationInvalidError, VirtError
+from pyvirt.errors import ErrorCode, VirtError
 from pyvirt.rpc.remote_protocol import RemoteProc as RP
 
 _ALL_LIST_FLAGS = sum(int(f) for f in ListFlags)
@@ -18,10 +18,6 @@ _UNDEFINE_FLAGS = int(UndefineFlags.MANAGED_SAVE | UndefineFlags.SNAPSHOTS_METAD
                       | UndefineFlags.KEEP_TPM)
 SHUTDOWN_ACPI = 1
 REBOOT_ACPI = 1
-JOB_NONE = 0
-JOB_FIELDS = ("time_elapsed", "time_remaining", "data_total", "data_processed",
-              "data_remaining", "mem_total", "mem_processed", "mem_remaining", "file_total",
-              "file_processed", "file_remaining")
 
 
 # -- listing and lookup ----------------------------------------------------------------------
@@ -253,30 +249,6 @@ async def undefine_flags(call: Call, args: Any) -> Any:
     return None
 
 
-# -- jobs ------------------------------------------------------------------------------------
-
-async def get_job_info(call: Call, args: Any) -> Any:
-    call.require_open()
-    call.domain(args["dom"])
-    # No asynchronous job exists until the migration engine lands: libvirt answers NONE.
-    return {"type": JOB_NONE, **{name: 0 for name in JOB_FIELDS}}
-
-
-async def get_job_stats(call: Call, args: Any) -> Any:
-    call.require_open()
-    check_flags(args["flags"], 1 | 2, "virDomainGetJobStats")
-    call.domain(args["dom"])
-    return {"type": JOB_NONE, "params": []}
-
-
-async def abort_job(call: Call, args: Any) -> Any:
-    call.require_open()
-    obj = call.domain(args["dom"])
-    if not obj.active:
-        raise OperationInvalidError("domain is not running")
-    raise OperationInvalidError("no job is active on the domain")
-
-
 HANDLERS: dict[int, Handler] = {
     RP.CONNECT_LIST_ALL_DOMAINS: list_all,
     RP.DOMAIN_LOOKUP_BY_ID: lookup_by_id,
@@ -313,7 +285,4 @@ HANDLERS: dict[int, Handler] = {
     RP.DOMAIN_SHUTDOWN_FLAGS: shutdown_flags,
     RP.DOMAIN_UNDEFINE: undefine,
     RP.DOMAIN_UNDEFINE_FLAGS: undefine_flags,
-    RP.DOMAIN_GET_JOB_INFO: get_job_info,
-    RP.DOMAIN_GET_JOB_STATS: get_job_stats,
-    RP.DOMAIN_ABORT_JOB: abort_job,
 }

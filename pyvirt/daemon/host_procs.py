@@ -20,12 +20,17 @@ CONNECT_NO_ALIASES = 2
 #: the libvirt API level pyvirtd implements (reported as the daemon's library version)
 LIB_VERSION = 9_000_000
 
-#: VIR_DRV_FEATURE_* → supported?  Features answered 1 are implemented; the migration
-#: ones join when the migration engine lands.
+#: VIR_DRV_FEATURE_* → supported?  Only implemented features answer 1; DIRECT (5) joins
+#: when pyvirt's --direct extension lands.
 FEATURES: dict[int, int] = {
+    4: 1,    # MIGRATION_P2P
+    6: 1,    # MIGRATION_V3
+    7: 1,    # MIGRATE_CHANGE_PROTECTION (definitions cannot change while migrating)
     9: 1,    # TYPED_PARAM_STRING
     FEATURE_PROGRAM_KEEPALIVE: 1,
     11: 1,   # XML_MIGRATABLE
+    12: 1,   # MIGRATION_OFFLINE
+    13: 1,   # MIGRATION_PARAMS
     14: 1,   # REMOTE_EVENT_CALLBACK
     15: 1,   # REMOTE_CLOSE_CALLBACK
 }

@@ -20,7 +20,7 @@ from typing import Any
 
 from pyvirt.conf.daemon_conf import DaemonConfig, resolve_host_uuid
 from pyvirt.conf.qemu_conf import QemuConfig
-from pyvirt.daemon import domain_procs, host_procs
+from pyvirt.daemon import domain_procs, host_procs, migration_procs
 from pyvirt.daemon.admin import AdminDispatcher, admin_server_limits
 from pyvirt.daemon.context import STATE_KEY, Call, ClientState, Handler
 from pyvirt.errors import OperationFailedError
@@ -41,7 +41,9 @@ class RemoteDispatcher:
 
     def __init__(self, daemon: Daemon) -> None:
         self.daemon = daemon
-        self.handlers: dict[int, Handler] = {**host_procs.HANDLERS, **domain_procs.HANDLERS}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.handlers: dict[int, Handler] = {**host_procs.HANDLERS, **domain_procs.HANDLERS,
+                                             **migration_procs.HANDLERS}
 
     async def dispatch(self, client: ClientContext, spec: ProcSpec, args: Any) -> Any:
         handler = self.handlers.get(spec.number)
@@ -53,9 +55,15 @@ class RemoteDispatcher:
         state = client.user_data.get(STATE_KEY)
         if isinstance(state, ClientState) and state.events is not None:
             state.events.close()
+        # an incoming migration whose controlling client vanished is cleaned up
+        task = asyncio.get_running_loop().create_task(
+            self.daemon.driver.migration.client_closed(client.id))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
 
-def driver_settings(daemon_cfg: DaemonConfig, qemu_cfg: QemuConfig) -> DriverSettings:
+def driver_settings(daemon_cfg: DaemonConfig, qemu_cfg: QemuConfig,
+                    host_uuid: str) -> DriverSettings:
     qemu_cfg = qemu_cfg.with_daemon_dirs(daemon_cfg)
     assert qemu_cfg.state_dir and qemu_cfg.run_dir and qemu_cfg.log_dir
     return DriverSettings(
@@ -64,6 +72,13 @@ def driver_settings(daemon_cfg: DaemonConfig, qemu_cfg: QemuConfig) -> DriverSet
         vnc_listen=qemu_cfg.vnc_listen, spice_listen=qemu_cfg.spice_listen,
         remote_display_port_min=qemu_cfg.remote_display_port_min,
         remote_display_port_max=qemu_cfg.remote_display_port_max,
+        host_uuid=host_uuid, migration_address=qemu_cfg.migration_address,
+        migration_host=qemu_cfg.migration_host,
+        migration_port_min=qemu_cfg.migration_port_min,
+        migration_port_max=qemu_cfg.migration_port_max,
+        shared_filesystems=tuple(qemu_cfg.shared_filesystems),
+        p2p_keepalive_interval=qemu_cfg.keepalive_interval,
+        p2p_keepalive_count=qemu_cfg.keepalive_count,
     )
 
 
@@ -84,7 +99,7 @@ class Daemon:
         self.qemu_cfg = qemu_cfg.with_daemon_dirs(cfg)
         self.listen = listen
         self.host_uuid = resolve_host_uuid(cfg)
-        self.driver = driver or QemuDriver(driver_settings(cfg, qemu_cfg))
+        self.driver = driver or QemuDriver(driver_settings(cfg, qemu_cfg, self.host_uuid))
         self.server = RPCServer(RemoteDispatcher(self), limits=server_limits(cfg),
                                 name="libvirtd")
         self.admin: RPCServer | None = None

@@ -18,6 +18,7 @@ from pathlib import Path
 from pyvirt.conf.domain import DomainDef
 from pyvirt.constants import DomainState, PausedReason, RunningReason
 from pyvirt.errors import OperationInvalidError, OperationTimeoutError
+from pyvirt.qemu.migration.job import MigrationJob
 from pyvirt.qemu.monitor import Monitor
 from pyvirt.qemu.process import QemuProcess
 
@@ -58,6 +59,10 @@ class DomainObj:
     stopping: bool = False
     #: reboot() in progress: restart the guest when its ACPI shutdown completes
     fake_reboot: bool = False
+    #: the migration job (libvirt's async job), from Begin/Prepare to Confirm/Finish
+    migration: MigrationJob | None = None
+    #: migration tuning that outlives a job (virsh migrate-setspeed before migrate)
+    migrate_max_speed_mib: int | None = None
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)
 
     @property
@@ -93,6 +98,13 @@ class DomainObj:
     def require_inactive(self) -> None:
         if self.active:
             raise OperationInvalidError("domain is already running")
+
+    def require_no_migration(self) -> None:
+        """State changes wait for no one while a migration job owns the domain."""
+        if self.migration is not None:
+            raise OperationInvalidError(
+                f"domain '{self.name}' has an active migration job "
+                f"(phase {self.migration.phase.value})")
 
     @contextlib.asynccontextmanager
     async def job_lock(self, job: str, timeout: float) -> AsyncIterator[None]:

@@ -33,6 +33,7 @@ from pyvirt.qemu.capabilities import QemuCaps, probe
 from pyvirt.qemu.domain_obj import DomainObj
 from pyvirt.qemu.events import EventBus
 from pyvirt.qemu.lifecycle import DomainRunner
+from pyvirt.qemu.migration.engine import MigrationEngine
 from pyvirt.qemu.settings import DriverSettings
 from pyvirt.qemu.store import NamedFileStore
 
@@ -48,6 +49,7 @@ class QemuDriver:
         self.config_store = NamedFileStore(settings.config_dir, ".xml")
         self.autostart_store = NamedFileStore(settings.autostart_dir, "")
         self._domains: dict[str, DomainObj] = {}
+        self.migration = MigrationEngine(self)
 
     # -- start-up and shut-down --------------------------------------------------------
 
@@ -116,6 +118,12 @@ class QemuDriver:
         if self._domains.get(obj.uuid) is obj and not obj.persistent and not obj.active:
             del self._domains[obj.uuid]
 
+    add_domain = _add
+    forget_if_transient = _forget
+
+    def domain_by_uuid(self, uuid: str) -> DomainObj | None:
+        return self._domains.get(uuid.lower())
+
     def list_all(self, flags: int = 0) -> list[DomainObj]:
         objs = sorted(self._domains.values(), key=lambda o: (o.dom_id < 0, o.dom_id, o.name))
         return [obj for obj in objs if domain_ops.list_filter_matches(obj, ListFlags(flags))]
@@ -149,6 +157,7 @@ class QemuDriver:
     async def define_xml(self, xml: str) -> DomainObj:
         definition = self.parse(xml)
         obj, existed = self._claim(definition, allow_active=True)
+        obj.require_no_migration()  # change protection: no new definition mid-migration
         self.config_store.write(definition.name, format_domain_xml(definition))
         obj.config = definition
         self._add(obj)

@@ -73,17 +73,21 @@ class DomainRunner:
         obj.set_state(DomainState.PAUSED, PausedReason.STARTING_UP)
         try:
             await self._launch(obj, live, incoming)
-            if not paused and incoming is None:
+            if incoming is not None:
+                # a migration destination stays paused until Finish resumes it
+                obj.set_state(DomainState.PAUSED, PausedReason.MIGRATION)
+            elif not paused:
                 obj.pending_resume_reason = RunningReason.BOOTED
                 await self.monitor(obj).execute("cont")
                 obj.set_state(DomainState.RUNNING, RunningReason.BOOTED)
-            elif incoming is None:
+            else:
                 obj.set_state(DomainState.PAUSED, PausedReason.USER)
             self.save_status(obj)
         except BaseException:
             await self._abort_start(obj)
             raise
-        self.emit(obj, LifecycleEvent.STARTED, EventStartedDetail.BOOTED)
+        detail = EventStartedDetail.MIGRATED if incoming else EventStartedDetail.BOOTED
+        self.emit(obj, LifecycleEvent.STARTED, detail)
 
     async def _launch(self, obj: DomainObj, live: DomainDef, incoming: str | None) -> None:
         run_dir = self.settings.domain_run_dir(live.dom_id, live.name)

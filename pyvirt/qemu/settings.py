@@ -32,6 +32,18 @@ class DriverSettings:
     #: seconds a caller waits for a domain's state-change lock (libvirt: 30 s)
     job_wait_s: float = 30.0
     extra_env: dict[str, str] = field(default_factory=dict)
+    #: this host's UUID (a migration peer with the same one is refused)
+    host_uuid: str = "00000000-0000-4000-8000-000000000000"
+    #: where incoming migrations listen (None: any address) and the host name advertised
+    migration_address: str | None = None
+    migration_host: str | None = None
+    migration_port_min: int = 49152
+    migration_port_max: int = 49215
+    #: directories holding shared storage (a disk there needs no copy to migrate)
+    shared_filesystems: tuple[str, ...] = ()
+    #: keepalive of the peer-to-peer connection to a destination daemon
+    p2p_keepalive_interval: int = 5
+    p2p_keepalive_count: int = 5
 
     @property
     def config_dir(self) -> Path:

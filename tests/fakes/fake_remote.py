@@ -11,6 +11,13 @@ or hand it to :func:`pyvirt.rpc.testing.running_server`.  Knobs:
 
 Events are pushed with :meth:`FakeRemoteDispatcher.emit_lifecycle` and friends, to every
 client registration that matches (per-domain filters honoured).
+
+Migration: the phase procedures (302-307) answer with canned cookies; set
+``fake.migration = FakeMigration(...)`` to script them as a real daemon behaves: how long
+Perform runs and what GET_JOB_INFO (163) reports meanwhile, what ends it (a number of
+progress polls, a time, or the client's suspend / post-copy switch / abort), the
+MIGRATION_ITERATION events it sends, and how it fails.  ``fake.errors[PROC_NAME]`` still
+fails any phase outright.
 """
 
 from __future__ import annotations
@@ -24,13 +31,20 @@ import shutil
 import stat
 import sys
 import tempfile
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
-from pyvirt.constants import DomainState, JobType, ListFlags
-from pyvirt.errors import NoDomainError, OperationInvalidError, VirtError
+from pyvirt.constants import DomainState, JobType, ListFlags, MigrateFlags
+from pyvirt.errors import (
+    ErrorCode,
+    NoDomainError,
+    OperationAbortedError,
+    OperationInvalidError,
+    VirtError,
+)
 from pyvirt.rpc.error import unknown_procedure
 from pyvirt.rpc.protocol import ProcSpec
 from pyvirt.rpc.remote_protocol import REMOTE, RemoteProc
@@ -62,6 +76,67 @@ class FakeDomain:
         return self.id != -1
 
 
+#: what a real source reports when the client aborts the job (qemuMigrationJobCheckStatus)
+ABORTED_MESSAGE = "migration out job: canceled by client"
+
+
+@dataclasses.dataclass
+class FakeMigration:
+    """A script for the migration procedures of one fake daemon (source or destination).
+
+    Perform (305) runs until one of its end conditions holds; with none set it returns at
+    once.  Meanwhile GET_JOB_INFO (163) answers an UNBOUNDED job whose data_total and
+    data_remaining are the next entry of ``progress`` (the last one repeats).
+    """
+
+    #: (data_total, data_remaining) for each GET_JOB_INFO answered while Perform runs
+    progress: list[tuple[int, int]] = dataclasses.field(default_factory=list)
+    #: Perform returns once this many GET_JOB_INFO calls were answered during it
+    perform_polls: int | None = None
+    #: ... or after this many seconds
+    perform_seconds: float | None = None
+    #: ... or once the client did this: "suspend", "postcopy" (START_POST_COPY) or "abort"
+    perform_until: str | None = None
+    #: MIGRATION_ITERATION events sent when Perform starts, ``iteration_gap`` s apart
+    iterations: tuple[int, ...] = ()
+    iteration_gap: float = 0.05
+    #: Perform fails with this once it ends (an abort fails it with libvirt's message)
+    perform_error: VirtError | None = None
+    #: PREPARE3_PARAMS' uri_out
+    uri_out: str | None = "tcp://127.0.0.1:49152"
+    #: a Perform still running after this long fails (a test that forgot to end it)
+    max_seconds: float = 10.0
+    # -- what happened -------------------------------------------------------------------
+    performing: bool = False
+    polls: int = 0
+    suspended: int = 0
+    postcopy: int = 0
+    aborted: int = 0
+
+    def happened(self, what: str) -> bool:
+        return bool({"suspend": self.suspended, "postcopy": self.postcopy,
+                     "abort": self.aborted}.get(what, 0))  # fmt: skip
+
+    def finished(self, elapsed: float) -> bool:
+        if self.aborted:
+            return True
+        ends = [self.perform_polls is not None and self.polls >= self.perform_polls,
+                self.perform_seconds is not None and elapsed >= self.perform_seconds,
+                self.perform_until is not None and self.happened(self.perform_until)]
+        unset = self.perform_polls is None and self.perform_seconds is None \
+            and self.perform_until is None  # fmt: skip
+        return unset or any(ends)
+
+    def job_info(self) -> dict[str, int]:
+        total, remaining = self.progress[min(self.polls, len(self.progress) - 1)] \
+            if self.progress else (0, 0)  # fmt: skip
+        self.polls += 1
+        return {"type": JobType.UNBOUNDED, "time_elapsed": 500 * self.polls,
+                "data_total": total, "data_processed": total - remaining,
+                "data_remaining": remaining, "mem_total": total,
+                "mem_processed": total - remaining, "mem_remaining": remaining}  # fmt: skip
+
+
 @dataclasses.dataclass
 class Registration:
     client: ClientContext
@@ -84,6 +159,8 @@ class FakeRemoteDispatcher:
         self.tunnel_done: asyncio.Future[str] | None = None
         self.tuning = {"downtime": 300, "bandwidth": 8796093022207, "cache_size": 67108864}
         self.job_stats: list[TypedParam] = []
+        #: None: canned migration answers; set it to script the migration procedures
+        self.migration: FakeMigration | None = None
         self._ids = itertools.count(1)
         self._callback_ids = itertools.count(100)  # distinct from client-side IDs on purpose
 
@@ -299,6 +376,8 @@ class FakeRemoteDispatcher:
     def do_domain_suspend(self, client: ClientContext, args: Any) -> None:
         dom = self._dom(args["dom"])
         dom.state, dom.reason = DomainState.PAUSED, 1
+        if self.migration is not None and self.migration.performing:
+            self.migration.suspended += 1
 
     def do_domain_resume(self, client: ClientContext, args: Any) -> None:
         dom = self._dom(args["dom"])
@@ -319,6 +398,13 @@ class FakeRemoteDispatcher:
         fields = ("time_elapsed", "time_remaining", "data_total", "data_processed",
                   "data_remaining", "mem_total", "mem_processed", "mem_remaining",
                   "file_total", "file_processed", "file_remaining")  # fmt: skip
+        if self.migration is not None:
+            info = self.migration.job_info() if self.migration.performing else \
+                {"type": JobType.NONE}  # fmt: skip
+            return {"type": info.pop("type"), **{f: info.get(f, 0) for f in fields}}
+        fields = ("time_elapsed", "time_remaining", "data_total", "data_processed",
+                  "data_remaining", "mem_total", "mem_processed", "mem_remaining",
+                  "file_total", "file_processed", "file_remaining")  # fmt: skip
         return {"type": JobType.UNBOUNDED, **{f: i + 1 for i, f in enumerate(fields)}}
 
     def do_domain_get_job_stats(self, client: ClientContext, args: Any) -> Any:
@@ -327,6 +413,9 @@ class FakeRemoteDispatcher:
 
     def do_domain_abort_job(self, client: ClientContext, args: Any) -> None:
         self._dom(args["dom"])
+        if self.migration is not None and self.migration.performing:
+            self.migration.aborted += 1
+            return
         raise OperationInvalidError("no job is active on the domain")
 
     do_domain_abort_job_flags = do_domain_abort_job
@@ -359,26 +448,66 @@ class FakeRemoteDispatcher:
 
     def do_domain_migrate_start_post_copy(self, client: ClientContext, args: Any) -> None:
         self._dom(args["dom"])
+        if self.migration is not None:
+            if not self.migration.performing:
+                raise OperationInvalidError("domain is not being migrated")
+            self.migration.postcopy += 1
 
-    # -- migration phases (canned answers; the calls are what the tests check) --------------
+    # -- migration phases (canned answers, or as self.migration scripts them) --------------
     def do_domain_migrate_begin3_params(self, client: ClientContext, args: Any) -> Any:
         dom = self._dom(args["dom"])
         return {"cookie_out": b"<cookie-begin/>\0", "xml": f"<domain><name>{dom.name}</name>"
                                                            "</domain>"}  # fmt: skip
 
     def do_domain_migrate_prepare3_params(self, client: ClientContext, args: Any) -> Any:
-        return {"cookie_out": b"<cookie-prepare/>\0", "uri_out": "tcp://127.0.0.1:49152"}
+        uri_out = self.migration.uri_out if self.migration else "tcp://127.0.0.1:49152"
+        return {"cookie_out": b"<cookie-prepare/>\0", "uri_out": uri_out}
 
-    def do_domain_migrate_perform3_params(self, client: ClientContext, args: Any) -> Any:
-        self._dom(args["dom"])
-        return {"cookie_out": b"<cookie-perform/>\0"}
+    async def do_domain_migrate_perform3_params(self, client: ClientContext, args: Any) -> Any:
+        dom = self._dom(args["dom"])
+        if self.migration is not None:
+            await self._perform(self.migration, dom)
+        # a real source answers peer-to-peer Perform with an empty cookie (§11.4)
+        p2p = self.migration is not None and args["flags"] & MigrateFlags.PEER2PEER
+        return {"cookie_out": b"" if p2p else b"<cookie-perform/>\0"}
+
+    async def _perform(self, mig: FakeMigration, dom: FakeDomain) -> None:
+        mig.performing, started = True, time.monotonic()
+        try:
+            for iteration in mig.iterations:
+                await asyncio.sleep(mig.iteration_gap)
+                await self.emit_iteration(dom.name, iteration)
+            while not mig.finished(time.monotonic() - started):
+                if time.monotonic() - started > mig.max_seconds:
+                    raise VirtError("internal error: fake Perform was never ended")
+                await asyncio.sleep(0.01)
+        finally:
+            mig.performing = False
+        if mig.aborted:
+            raise OperationAbortedError(ABORTED_MESSAGE)
+        if mig.perform_error is not None:
+            raise mig.perform_error
 
     def do_domain_migrate_finish3_params(self, client: ClientContext, args: Any) -> Any:
-        dom = self.domains.get("migrated") or self.add("migrated", running=True)
+        if self.migration is not None and args["cancelled"]:
+            # qemuMigrationDstFinish: no domain, and this "error" (virsh never prints it)
+            raise VirtError("migration successfully aborted", code=ErrorCode.MIGRATE_FINISH_OK)
+        names = [p.value for p in args["params"] if p.field == "destination_name"]
+        name = str(names[-1]) if names else "migrated"
+        dom = self.domains.get(name) or self.add(name, running=True)
+        if args["flags"] & MigrateFlags.OFFLINE:
+            dom.id, dom.state, dom.reason = -1, DomainState.SHUTOFF, 0
+        elif args["flags"] & MigrateFlags.PAUSED:
+            dom.state, dom.reason = DomainState.PAUSED, 2
         return {"dom": dom.handle, "cookie_out": b"<cookie-finish/>\0"}
 
     def do_domain_migrate_confirm3_params(self, client: ClientContext, args: Any) -> None:
-        self._dom(args["dom"])
+        dom = self._dom(args["dom"])
+        if self.migration is None or args["cancelled"] or args["flags"] & MigrateFlags.OFFLINE:
+            return
+        dom.id, dom.state, dom.reason = -1, DomainState.SHUTOFF, 4  # shut off, migrated
+        if args["flags"] & MigrateFlags.UNDEFINE_SOURCE:
+            del self.domains[dom.name]
 
     def do_domain_migrate_prepare_tunnel3_params(self, client: ClientContext, args: Any) -> Any:
         stream = client.stream()

@@ -1,0 +1,154 @@
+"""Remote procedures of migration: the v3 phases with parameters, jobs and tuning."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from pyvirt.daemon.context import Call, Handler, check_flags, handle_of
+from pyvirt.errors import InvalidArgError, OperationInvalidError, VirtError
+from pyvirt.rpc.remote_protocol import RemoteProc as RP
+from pyvirt.rpc.remote_types import TypedParam, TypedParamType
+
+#: parameters that may appear several times (libvirt's VIR_TYPED_PARAM_MULTIPLE ones)
+_MULTI = frozenset({"migrate_disks", "compression"})
+JOB_STATS_COMPLETED = 1
+JOB_STATS_KEEP_COMPLETED = 2
+MAX_SPEED_POSTCOPY = 1
+
+
+def params_dict(params: Sequence[TypedParam]) -> dict[str, Any]:
+    """Typed parameters → a dict; repeats only for list parameters, as libvirt checks."""
+    out: dict[str, Any] = {}
+    for param in params:
+        if param.field in _MULTI:
+            out.setdefault(param.field, []).append(param.value)
+        elif param.field in out:
+            raise InvalidArgError(f"parameter '{param.field}' occurs multiple times")
+        else:
+            out[param.field] = param.value
+    return out
+
+
+async def begin3(call: Call, args: Any) -> Any:
+    call.require_open()
+    obj = call.domain(args["dom"])
+    cookie, xml = await call.driver.migration.begin(obj, args["flags"],
+                                                    params_dict(args["params"]))
+    return {"cookie_out": cookie, "xml": xml}
+
+
+async def prepare3(call: Call, args: Any) -> Any:
+    call.require_open()
+    cookie, uri = await call.driver.migration.prepare(
+        call.client.id, args["flags"], params_dict(args["params"]), bytes(args["cookie_in"]))
+    return {"cookie_out": cookie, "uri_out": uri}
+
+
+async def perform3(call: Call, args: Any) -> Any:
+    call.require_open()
+    obj = call.domain(args["dom"])
+    cookie = await call.driver.migration.perform(
+        obj, args["dconnuri"], args["flags"], params_dict(args["params"]),
+        bytes(args["cookie_in"]))
+    return {"cookie_out": cookie}
+
+
+async def finish3(call: Call, args: Any) -> Any:
+    call.require_open()
+    obj, cookie = await call.driver.migration.finish(
+        args["flags"], params_dict(args["params"]), bytes(args["cookie_in"]),
+        bool(args["cancelled"]))
+    if obj is None:
+        raise VirtError("operation failed: migration was cancelled", code=9)
+    return {"dom": handle_of(obj), "cookie_out": cookie}
+
+
+async def confirm3(call: Call, args: Any) -> Any:
+    call.require_open()
+    obj = call.domain(args["dom"])
+    await call.driver.migration.confirm(obj, args["flags"], bool(args["cancelled"]))
+    return None
+
+
+async def job_info(call: Call, args: Any) -> Any:
+    call.require_open()
+    return await call.driver.migration.job_info(call.domain(args["dom"]))
+
+
+async def job_stats(call: Call, args: Any) -> Any:
+    call.require_open()
+    flags = args["flags"]
+    check_flags(flags, JOB_STATS_COMPLETED | JOB_STATS_KEEP_COMPLETED, "virDomainGetJobStats")
+    job_type, stats = await call.driver.migration.job_stats(
+        call.domain(args["dom"]), bool(flags & JOB_STATS_COMPLETED))
+    params = [TypedParam(name, TypedParamType.INT if name == "operation"
+                         else TypedParamType.ULLONG, value) for name, value in stats.items()]
+    return {"type": job_type, "params": params}
+
+
+async def abort_job(call: Call, args: Any) -> Any:
+    call.require_open()
+    await call.driver.migration.abort(call.domain(args["dom"]))
+    return None
+
+
+async def set_max_downtime(call: Call, args: Any) -> Any:
+    call.require_open()
+    check_flags(args["flags"], 0, "virDomainMigrateSetMaxDowntime")
+    await call.driver.migration.set_max_downtime(call.domain(args["dom"]), args["downtime"])
+    return None
+
+
+async def get_max_downtime(call: Call, args: Any) -> Any:
+    call.require_open()
+    check_flags(args["flags"], 0, "virDomainMigrateGetMaxDowntime")
+    return {"downtime": await call.driver.migration.get_max_downtime(call.domain(args["dom"]))}
+
+
+async def set_max_speed(call: Call, args: Any) -> Any:
+    call.require_open()
+    check_flags(args["flags"], 0, "virDomainMigrateSetMaxSpeed")
+    await call.driver.migration.set_max_speed(call.domain(args["dom"]), args["bandwidth"])
+    return None
+
+
+async def get_max_speed(call: Call, args: Any) -> Any:
+    call.require_open()
+    if args["flags"] & MAX_SPEED_POSTCOPY:
+        raise OperationInvalidError("post-copy migration is not supported yet")
+    check_flags(args["flags"], 0, "virDomainMigrateGetMaxSpeed")
+    return {"bandwidth": call.driver.migration.get_max_speed(call.domain(args["dom"]))}
+
+
+async def set_compression_cache(call: Call, args: Any) -> Any:
+    call.require_open()
+    check_flags(args["flags"], 0, "virDomainMigrateSetCompressionCache")
+    await call.driver.migration.set_compression_cache(call.domain(args["dom"]),
+                                                      args["cache_size"])
+    return None
+
+
+async def get_compression_cache(call: Call, args: Any) -> Any:
+    call.require_open()
+    check_flags(args["flags"], 0, "virDomainMigrateGetCompressionCache")
+    size = await call.driver.migration.get_compression_cache(call.domain(args["dom"]))
+    return {"cache_size": size}
+
+
+HANDLERS: dict[int, Handler] = {
+    RP.DOMAIN_MIGRATE_BEGIN3_PARAMS: begin3,
+    RP.DOMAIN_MIGRATE_PREPARE3_PARAMS: prepare3,
+    RP.DOMAIN_MIGRATE_PERFORM3_PARAMS: perform3,
+    RP.DOMAIN_MIGRATE_FINISH3_PARAMS: finish3,
+    RP.DOMAIN_MIGRATE_CONFIRM3_PARAMS: confirm3,
+    RP.DOMAIN_GET_JOB_INFO: job_info,
+    RP.DOMAIN_GET_JOB_STATS: job_stats,
+    RP.DOMAIN_ABORT_JOB: abort_job,
+    RP.DOMAIN_MIGRATE_SET_MAX_DOWNTIME: set_max_downtime,
+    RP.DOMAIN_MIGRATE_GET_MAX_DOWNTIME: get_max_downtime,
+    RP.DOMAIN_MIGRATE_SET_MAX_SPEED: set_max_speed,
+    RP.DOMAIN_MIGRATE_GET_MAX_SPEED: get_max_speed,
+    RP.DOMAIN_MIGRATE_SET_COMPRESSION_CACHE: set_compression_cache,
+    RP.DOMAIN_MIGRATE_GET_COMPRESSION_CACHE: get_compression_cache,
+}

@@ -1,0 +1,188 @@
+"""The migration engine of the QEMU driver: phase entry points, jobs, tuning.
+
+The daemon's RPC handlers call these (one per libvirt procedure); the phases themselves
+live in :mod:`src` (Begin/Perform/Confirm), :mod:`dst` (Prepare/Finish) and :mod:`p2p`.
+QMP ``MIGRATION``/``MIGRATION_PASS`` events are routed here into the domain's job.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from pyvirt.conf.domain import DomainDef
+from pyvirt.constants import JobType
+from pyvirt.errors import OperationFailedError, OperationInvalidError
+from pyvirt.qemu.domain_obj import DomainObj
+from pyvirt.qemu.migration import dst, p2p, qemu_ops, src
+from pyvirt.qemu.migration.job import MigrationJob, job_info, job_stats
+from pyvirt.qemu.resources import PortAllocator
+
+if TYPE_CHECKING:
+    from pyvirt.qemu.driver import QemuDriver
+
+log = logging.getLogger(__name__)
+
+MIB = 1024 * 1024
+#: libvirt's QEMU_DOMAIN_MIG_BANDWIDTH_MAX (MiB/s): what migrate-getspeed says by default
+BANDWIDTH_MAX_MIB = (2**63 - 1) // MIB
+
+
+class MigrationEngine:
+    def __init__(self, driver: QemuDriver) -> None:
+        self.driver = driver
+        settings = driver.settings
+        self.ports = PortAllocator(settings.migration_port_min, settings.migration_port_max,
+                                   "migration")
+        #: the statistics of the last finished job, per domain uuid (domjobinfo --completed)
+        self.completed: dict[str, dict[str, int]] = {}
+        driver.runner.qmp_events.listeners.append(self._on_qmp_event)
+
+    # -- phases --------------------------------------------------------------------------
+
+    async def begin(self, obj: DomainObj, flags: int,
+                    params: dict[str, Any]) -> tuple[bytes, str]:
+        return await src.begin(self, obj, flags, params)
+
+    async def prepare(self, client_id: int | None, flags: int, params: dict[str, Any],
+                      cookie: bytes) -> tuple[bytes, str | None]:
+        return await dst.prepare(self, client_id, flags, params, cookie)
+
+    async def perform(self, obj: DomainObj, dconnuri: str | None, flags: int,
+                      params: dict[str, Any], cookie: bytes) -> bytes:
+        from pyvirt.constants import MigrateFlags
+
+        if flags & MigrateFlags.PEER2PEER:
+            if not dconnuri:
+                raise OperationInvalidError("peer-to-peer migration needs a destination URI")
+            await p2p.perform(self, obj, dconnuri, flags, params)
+            self._remember_completed(obj)
+            return b""
+        cookie_out = await src.perform(self, obj, flags, params)
+        return cookie_out
+
+    async def finish(self, flags: int, params: dict[str, Any], cookie: bytes,
+                     cancelled: bool) -> tuple[DomainObj | None, bytes]:
+        return await dst.finish(self, flags, params, cookie, cancelled)
+
+    async def confirm(self, obj: DomainObj, flags: int, cancelled: bool) -> None:
+        self._remember_completed(obj)
+        await src.confirm(self, obj, flags, cancelled)
+
+    # -- bookkeeping ---------------------------------------------------------------------
+
+    def claim_incoming(self, definition: DomainDef) -> DomainObj:
+        """The domain object an incoming migration fills (refusing clashes)."""
+        driver = self.driver
+        for existing in driver.list_all():
+            if existing.name == definition.name and existing.uuid != definition.uuid:
+                raise OperationFailedError(f"domain '{definition.name}' already exists "
+                                           f"with uuid {existing.uuid}")
+        obj = driver.domain_by_uuid(str(definition.uuid))
+        if obj is not None:
+            if obj.active:
+                raise OperationInvalidError(f"domain '{obj.name}' is already active")
+            if obj.name != definition.name:
+                raise OperationFailedError(f"domain '{obj.name}' is already defined with "
+                                           f"uuid {obj.uuid}")
+            return obj
+        obj = DomainObj(uuid=str(definition.uuid), name=definition.name, config=None)
+        driver.add_domain(obj)
+        return obj
+
+    def release(self, obj: DomainObj) -> None:
+        job = obj.migration
+        if job is not None and job.port is not None:
+            self.ports.release(job.port)
+        obj.migration = None
+
+    async def client_closed(self, client_id: int) -> None:
+        """The client that prepared incoming migrations is gone: drop them (autodestroy)."""
+        for obj in self.driver.list_all():
+            job = obj.migration
+            if job is not None and not job.outgoing and job.client_id == client_id:
+                log.warning("[dom=%s] migration client went away; cleaning up", obj.name)
+                await dst.abandon(self, obj)
+
+    def tick_for(self, obj: DomainObj, job: MigrationJob) -> Callable[[], Awaitable[None]]:
+        async def tick() -> None:
+            if job.abort_requested and job.status not in qemu_ops.FINAL_STATES:
+                await qemu_ops.cancel(self.driver.runner.monitor(obj))
+        return tick
+
+    def _on_qmp_event(self, obj: DomainObj, name: str, data: dict[str, Any],
+                      when: float) -> None:
+        job = obj.migration
+        if job is None:
+            return
+        if name == "MIGRATION":
+            job.on_status(str(data.get("status", "")))
+        elif name == "MIGRATION_PASS":
+            job.iteration = int(data.get("pass", 0))
+
+    def _remember_completed(self, obj: DomainObj) -> None:
+        job = obj.migration
+        if job is not None and job.outgoing and job.info:
+            stats = job_stats(job, completed=True)
+            self.completed[obj.uuid] = {"type": JobType.COMPLETED, **stats}
+
+    # -- queries and tuning ----------------------------------------------------------------
+
+    async def job_info(self, obj: DomainObj) -> dict[str, int]:
+        job = obj.migration
+        if job is not None and job.outgoing and obj.monitor is not None:
+            await qemu_ops.refresh(obj.monitor, job)
+        return job_info(job)
+
+    async def job_stats(self, obj: DomainObj, completed: bool) -> tuple[int, dict[str, int]]:
+        if completed:
+            stats = dict(self.completed.get(obj.uuid, {}))
+            job_type = stats.pop("type", JobType.NONE)
+            return job_type, stats
+        job = obj.migration
+        if job is None:
+            return JobType.NONE, {}
+        if job.outgoing and obj.monitor is not None:
+            await qemu_ops.refresh(obj.monitor, job)
+        return JobType.UNBOUNDED, job_stats(job, completed=False)
+
+    async def abort(self, obj: DomainObj) -> None:
+        obj.require_active()
+        job = obj.migration
+        if job is None or job.phase.value not in ("begin3", "perform3"):
+            raise OperationInvalidError("no job is active on the domain")
+        job.abort_requested = True
+        await qemu_ops.cancel(self.driver.runner.monitor(obj))
+
+    async def set_max_downtime(self, obj: DomainObj, downtime_ms: int) -> None:
+        obj.require_active()
+        await self.driver.runner.monitor(obj).execute(
+            "migrate-set-parameters", {"downtime-limit": downtime_ms})
+
+    async def get_max_downtime(self, obj: DomainObj) -> int:
+        obj.require_active()
+        params = await self.driver.runner.monitor(obj).execute("query-migrate-parameters")
+        return int(params["downtime-limit"])
+
+    async def set_max_speed(self, obj: DomainObj, mib_per_s: int) -> None:
+        if mib_per_s > BANDWIDTH_MAX_MIB:
+            raise OperationInvalidError(f"bandwidth must be less than {BANDWIDTH_MAX_MIB + 1}")
+        obj.migrate_max_speed_mib = mib_per_s
+        if obj.active:
+            await self.driver.runner.monitor(obj).execute(
+                "migrate-set-parameters", {"max-bandwidth": mib_per_s * MIB})
+
+    def get_max_speed(self, obj: DomainObj) -> int:
+        speed = obj.migrate_max_speed_mib
+        return BANDWIDTH_MAX_MIB if speed is None else speed
+
+    async def set_compression_cache(self, obj: DomainObj, size: int) -> None:
+        obj.require_active()
+        await self.driver.runner.monitor(obj).execute(
+            "migrate-set-parameters", {"xbzrle-cache-size": size})
+
+    async def get_compression_cache(self, obj: DomainObj) -> int:
+        obj.require_active()
+        params = await self.driver.runner.monitor(obj).execute("query-migrate-parameters")
+        return int(params["xbzrle-cache-size"])

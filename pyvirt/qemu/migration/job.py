@@ -1,0 +1,147 @@
+"""A domain's migration job: its side, phase, QEMU progress and statistics.
+
+The source holds a MIGRATION_OUT job from Begin to Confirm, the destination a
+MIGRATION_IN job from Prepare to Finish (libvirt's async jobs). While a job exists the
+domain refuses other state changes, but queries (job info, tuning) keep working::
+
+    source:       begin3 ──► perform3 ──► perform3_done ──► confirm3 | confirm3_cancelled
+    destination:  prepare ──► finish3
+
+Phases never go backwards. Statistics come from QMP ``query-migrate`` and are turned
+into libvirt's job info (``virDomainGetJobInfo``) and typed job stats.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from pyvirt.constants import JobOperation, JobType
+from pyvirt.errors import InternalError
+
+NS_PER_MS = 1_000_000
+
+
+class Phase(enum.Enum):
+    BEGIN3 = "begin3"
+    PERFORM3 = "perform3"
+    PERFORM3_DONE = "perform3_done"
+    CONFIRM3_CANCELLED = "confirm3_cancelled"
+    CONFIRM3 = "confirm3"
+    PREPARE = "prepare"
+    FINISH3 = "finish3"
+
+
+_ORDER = {phase: index for index, phase in enumerate(Phase)}
+
+
+@dataclass
+class MigrationJob:
+    #: MIGRATION_OUT (source) or MIGRATION_IN (destination)
+    operation: JobOperation
+    flags: int
+    phase: Phase
+    started_wall: float = field(default_factory=time.time)
+    started: float = field(default_factory=time.monotonic)
+    #: the last ``query-migrate`` answer
+    info: dict[str, Any] = field(default_factory=dict)
+    #: QEMU's migration status from MIGRATION events (setup, active, completed, ...)
+    status: str = "none"
+    status_changed: asyncio.Event = field(default_factory=asyncio.Event)
+    #: the guest ran before the migration (so a failure resumes it)
+    was_running: bool = False
+    #: the RPC client that prepared an incoming migration (cleaned up if it goes away)
+    client_id: int | None = None
+    #: migration port held by an incoming migration
+    port: int | None = None
+    iteration: int = 0
+    abort_requested: bool = False
+    postcopy_started: bool = False
+
+    @property
+    def outgoing(self) -> bool:
+        return self.operation == JobOperation.MIGRATION_OUT
+
+    def set_phase(self, phase: Phase) -> None:
+        if _ORDER[phase] < _ORDER[self.phase]:
+            raise InternalError(f"migration phase cannot go back from {self.phase.value} "
+                                f"to {phase.value}")
+        self.phase = phase
+
+    def on_status(self, status: str) -> None:
+        self.status = status
+        self.status_changed.set()
+
+    async def wait_status_change(self, timeout: float) -> None:
+        self.status_changed.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.status_changed.wait(), timeout)
+
+    def elapsed_ms(self) -> int:
+        return int((time.monotonic() - self.started) * 1000)
+
+
+def job_info(job: MigrationJob | None) -> dict[str, int]:
+    """virDomainGetJobInfo's fields (bytes and milliseconds) for an active job."""
+    fields = {name: 0 for name in _INFO_FIELDS}
+    if job is None:
+        return {"type": JobType.NONE, **fields}
+    ram = job.info.get("ram", {})
+    total, remaining = int(ram.get("total", 0)), int(ram.get("remaining", 0))
+    processed = int(ram.get("transferred", 0))
+    fields.update(time_elapsed=job.elapsed_ms(), data_total=total, data_processed=processed,
+                  data_remaining=remaining, mem_total=total, mem_processed=processed,
+                  mem_remaining=remaining)
+    return {"type": JobType.UNBOUNDED, **fields}
+
+
+_INFO_FIELDS = ("time_elapsed", "time_remaining", "data_total", "data_processed",
+                "data_remaining", "mem_total", "mem_processed", "mem_remaining", "file_total",
+                "file_processed", "file_remaining")
+
+#: query-migrate "ram" fields → libvirt's VIR_DOMAIN_JOB_* stats
+_RAM_STATS = {
+    "total": "memory_total", "transferred": "memory_processed",
+    "remaining": "memory_remaining", "duplicate": "memory_constant",
+    "normal": "memory_normal", "normal-bytes": "memory_normal_bytes",
+    "mbps": "memory_bps", "dirty-pages-rate": "memory_dirty_rate",
+    "dirty-sync-count": "memory_iteration", "postcopy-requests": "memory_postcopy_requests",
+    "page-size": "memory_page_size",
+}
+_XBZRLE_STATS = {
+    "cache-size": "compression_cache", "bytes": "compression_bytes",
+    "pages": "compression_pages", "cache-miss": "compression_cache_misses",
+    "overflow": "compression_overflow",
+}
+
+
+def job_stats(job: MigrationJob, *, completed: bool) -> dict[str, int]:
+    """libvirt's typed job statistics (all ULLONG but ``operation``) from query-migrate."""
+    info = job.info
+    ram = info.get("ram", {})
+    stats: dict[str, int] = {"operation": int(job.operation)}
+    elapsed = int(info.get("total-time", job.elapsed_ms())) if completed else job.elapsed_ms()
+    stats["time_elapsed"] = elapsed
+    for qemu_key, name in _RAM_STATS.items():
+        if qemu_key in ram:
+            value = float(ram[qemu_key])
+            # QEMU reports mbps in megabits/s; libvirt reports bytes/s
+            stats[name] = int(value * 1_000_000 / 8) if qemu_key == "mbps" else int(value)
+    stats["data_total"] = stats.get("memory_total", 0)
+    stats["data_processed"] = stats.get("memory_processed", 0)
+    stats["data_remaining"] = stats.get("memory_remaining", 0)
+    for key, name in (("downtime", "downtime"), ("setup-time", "setup_time")):
+        if key in info:
+            stats[name] = int(info[key])
+    if not completed and "expected-downtime" in info:
+        stats["downtime"] = int(info["expected-downtime"])
+    for qemu_key, name in _XBZRLE_STATS.items():
+        if qemu_key in info.get("xbzrle-cache", {}):
+            stats[name] = int(info["xbzrle-cache"][qemu_key])
+    if "cpu-throttle-percentage" in info:
+        stats["auto_converge_throttle"] = int(info["cpu-throttle-percentage"])
+    return stats

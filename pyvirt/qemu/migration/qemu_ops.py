@@ -1,0 +1,66 @@
+"""QMP commands of a migration, and waiting for QEMU to reach a migration state.
+
+Progress comes from QMP ``MIGRATION`` events (routed into the job by the driver's event
+handler), with ``query-migrate`` for statistics; waits are bounded by timeouts.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from pyvirt.errors import OperationAbortedError, OperationFailedError
+from pyvirt.qemu.migration.job import MigrationJob
+from pyvirt.qemu.monitor import Monitor
+
+log = logging.getLogger(__name__)
+
+#: QEMU migration states after which nothing more happens
+FINAL_STATES = frozenset({"completed", "failed", "cancelled"})
+#: how often statistics are refreshed while waiting (events wake us earlier)
+TICK_S = 0.5
+
+
+async def apply_setup(monitor: Monitor, capabilities: dict[str, bool],
+                      parameters: dict[str, Any]) -> None:
+    if capabilities:
+        caps = [{"capability": name, "state": state} for name, state in capabilities.items()]
+        await monitor.execute("migrate-set-capabilities", {"capabilities": caps})
+    if parameters:
+        await monitor.execute("migrate-set-parameters", parameters)
+
+
+async def refresh(monitor: Monitor, job: MigrationJob) -> dict[str, Any]:
+    info: dict[str, Any] = await monitor.execute("query-migrate")
+    job.info = info
+    if "status" in info:
+        job.status = str(info["status"])
+    return info
+
+
+async def wait_final(monitor: Monitor, job: MigrationJob, *, incoming: bool = False,
+                     on_tick: Any = None) -> None:
+    """Wait until QEMU's migration ends; raise with QEMU's reason unless it completed."""
+    while job.status not in FINAL_STATES:
+        if on_tick is not None:
+            await on_tick()
+        await job.wait_status_change(TICK_S)
+        if not incoming:
+            await refresh(monitor, job)
+    if not incoming:
+        await refresh(monitor, job)
+    if job.status == "completed":
+        return
+    if job.status == "cancelled" or job.abort_requested:
+        raise OperationAbortedError("migration out: canceled by client"
+                                    if not incoming else "migration in: canceled")
+    reason = job.info.get("error-desc", "unexpectedly failed")
+    side = "in" if incoming else "out"
+    raise OperationFailedError(f"migration {side} job: {reason}")
+
+
+async def cancel(monitor: Monitor) -> None:
+    try:
+        await monitor.execute("migrate_cancel")
+    except OperationFailedError as exc:
+        log.warning("migrate_cancel failed: %s", exc)

@@ -1,0 +1,184 @@
+"""Source side of a migration: Begin, Perform (native TCP) and Confirm.
+
+Begin checks the guest can move (libvirt's safety rule on disks, no other job) and
+produces the XML and cookie for the destination. Perform sets the migration
+capabilities and parameters, marks the coming pause as "migrating", runs QMP
+``migrate`` and follows it to the end. A failure before switchover cancels QEMU's
+migration and resumes the guest where it was. Confirm either kills the source QEMU
+(success: shut off, migrated; undefined with ``--undefinesource``) or resumes the guest
+(cancelled): at no instant do both hosts run it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import TYPE_CHECKING, Any
+
+from pyvirt.conf.domain import DiskDef
+from pyvirt.conf.domain_format import format_domain_xml
+from pyvirt.constants import (
+    DomainState,
+    EventStoppedDetail,
+    EventUndefinedDetail,
+    JobOperation,
+    LifecycleEvent,
+    MigrateFlags,
+    PausedReason,
+    RunningReason,
+    ShutoffReason,
+)
+from pyvirt.errors import MigrateUnsafeError, OperationInvalidError, VirtError
+from pyvirt.qemu.domain_obj import DomainObj
+from pyvirt.qemu.migration import qemu_ops
+from pyvirt.qemu.migration.cookie_io import make_cookie
+from pyvirt.qemu.migration.job import MigrationJob, Phase
+from pyvirt.qemu.migration.setup import source_setup
+
+if TYPE_CHECKING:
+    from pyvirt.qemu.migration.engine import MigrationEngine
+
+log = logging.getLogger(__name__)
+
+_SAFE_CACHE = frozenset({"none", "directsync"})
+
+
+async def begin(engine: MigrationEngine, obj: DomainObj, flags: int,
+                params: dict[str, Any]) -> tuple[bytes, str]:
+    offline = bool(flags & MigrateFlags.OFFLINE)
+    if offline:
+        if not obj.persistent:
+            raise OperationInvalidError("cannot migrate a transient domain offline")
+    else:
+        obj.require_active()
+    if obj.migration is not None:
+        raise OperationInvalidError(
+            f"another migration job is already running for domain '{obj.name}'")
+    if not offline and not flags & MigrateFlags.UNSAFE:
+        check_safe_storage(engine, obj)
+    xml = destination_xml(obj, params, offline)
+    if not offline:
+        obj.migration = MigrationJob(JobOperation.MIGRATION_OUT, flags, Phase.BEGIN3,
+                                     was_running=obj.state == DomainState.RUNNING)
+    return make_cookie(engine.driver, obj.name, obj.uuid).to_bytes(), xml
+
+
+def check_safe_storage(engine: MigrationEngine, obj: DomainObj) -> None:
+    """libvirt's rule: every writable disk must be on shared storage with a safe cache."""
+    shared = engine.driver.settings.shared_filesystems
+    for disk in obj.current.devices.disks:
+        if disk.readonly or disk.device == "cdrom" or not disk.source:
+            continue
+        if not _on_shared_fs(disk, shared):
+            raise MigrateUnsafeError("Migration without shared storage is unsafe")
+        if disk.cache not in _SAFE_CACHE and not disk.shareable:
+            raise MigrateUnsafeError("Migration may lead to data corruption if disks use "
+                                     "cache other than none or directsync")
+
+
+def _on_shared_fs(disk: DiskDef, shared: tuple[str, ...]) -> bool:
+    path = os.path.realpath(disk.source or "")
+    return any(path == root or path.startswith(root.rstrip("/") + "/")
+               for root in (os.path.realpath(r) for r in shared))
+
+
+def destination_xml(obj: DomainObj, params: dict[str, Any], offline: bool) -> str:
+    definition = obj.config if offline and obj.config is not None else obj.current
+    return format_domain_xml(definition, migratable=True)
+
+
+async def perform(engine: MigrationEngine, obj: DomainObj, flags: int,
+                  params: dict[str, Any]) -> bytes:
+    """Normal (client-driven) Perform: migrate to the URI the destination prepared."""
+    job = _job_of(obj)
+    if flags & MigrateFlags.OFFLINE:
+        return make_cookie(engine.driver, obj.name, obj.uuid).to_bytes()
+    uri = params.get("migrate_uri")
+    if not uri:
+        raise VirtError("invalid argument: migrate_uri is required", code=8)
+    try:
+        await perform_native(engine, obj, job, str(uri), flags, params)
+    except BaseException:
+        obj.migration = None
+        raise
+    return make_cookie(engine.driver, obj.name, obj.uuid).to_bytes()
+
+
+async def perform_native(engine: MigrationEngine, obj: DomainObj, job: MigrationJob,
+                         uri: str, flags: int, params: dict[str, Any]) -> None:
+    job.set_phase(Phase.PERFORM3)
+    monitor = engine.driver.runner.monitor(obj)
+    caps, qemu_params = source_setup(flags, params, obj.migrate_max_speed_mib)
+    try:
+        await qemu_ops.apply_setup(monitor, caps, qemu_params)
+        obj.pending_pause_reason = PausedReason.MIGRATION
+        await monitor.execute("migrate", {"uri": qemu_uri(uri)})
+        await qemu_ops.wait_final(monitor, job, on_tick=engine.tick_for(obj, job))
+    except BaseException as exc:
+        log.error("[dom=%s job=migration.out phase=perform] %s", obj.name, exc)
+        await qemu_ops.cancel(monitor)
+        await restore_source(engine, obj, job)
+        raise
+    job.set_phase(Phase.PERFORM3_DONE)
+
+
+def qemu_uri(uri: str) -> str:
+    """libvirt's ``tcp://host:port`` (or ``tcp:host:port``) in the form QEMU takes."""
+    if uri.startswith("tcp://"):
+        return "tcp:" + uri[len("tcp://"):].rstrip("/")
+    return uri
+
+
+async def restore_source(engine: MigrationEngine, obj: DomainObj, job: MigrationJob) -> None:
+    """Put the guest back as it was before the migration (running if it ran)."""
+    obj.pending_pause_reason = None
+    if not obj.active or not job.was_running:
+        return
+    if obj.state != DomainState.RUNNING:
+        obj.pending_resume_reason = RunningReason.MIGRATION_CANCELED
+        try:
+            await engine.driver.runner.monitor(obj).execute("cont")
+        except VirtError as exc:
+            log.error("[dom=%s] cannot resume after failed migration: %s", obj.name, exc)
+            return
+    obj.set_state(DomainState.RUNNING, RunningReason.MIGRATION_CANCELED)
+    engine.driver.runner.save_status(obj)
+
+
+async def confirm(engine: MigrationEngine, obj: DomainObj, flags: int,
+                  cancelled: bool) -> None:
+    if flags & MigrateFlags.OFFLINE:
+        if not cancelled and flags & MigrateFlags.UNDEFINE_SOURCE:
+            _undefine(engine, obj)
+        return
+    job = _job_of(obj)
+    job.set_phase(Phase.CONFIRM3_CANCELLED if cancelled else Phase.CONFIRM3)
+    try:
+        if cancelled:
+            await restore_source(engine, obj, job)
+            return
+        await engine.driver.runner.stop(obj, ShutoffReason.MIGRATED,
+                                        EventStoppedDetail.MIGRATED)
+        if flags & MigrateFlags.UNDEFINE_SOURCE:
+            _undefine(engine, obj)
+    finally:
+        obj.migration = None
+
+
+def _undefine(engine: MigrationEngine, obj: DomainObj) -> None:
+    driver = engine.driver
+    if not obj.persistent:
+        return
+    driver.config_store.remove(obj.name)
+    driver.autostart_store.remove(obj.name)
+    obj.config = None
+    obj.autostart = False
+    driver.runner.emit(obj, LifecycleEvent.UNDEFINED, EventUndefinedDetail.REMOVED)
+    driver.forget_if_transient(obj)
+
+
+def _job_of(obj: DomainObj) -> MigrationJob:
+    job = obj.migration
+    if job is None or not job.outgoing:
+        raise OperationInvalidError(f"domain '{obj.name}' is not being migrated out")
+    return job
