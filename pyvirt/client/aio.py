@@ -31,6 +31,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
+from pyvirt.client import migrate as _migrate
 from pyvirt.client.error import libvirtError
 from pyvirt.client.events import DomainEventCallback, EventTable
 from pyvirt.client.names import CloseReason, ConnectFlags, DriverFeature
@@ -659,6 +660,29 @@ class AsyncDomain:
 
     async def migrateStartPostCopy(self, flags: int = 0) -> int:
         await self._call(RP.DOMAIN_MIGRATE_START_POST_COPY, flags=flags)
+        return 0
+
+    # -- migration (libvirt's client-side orchestration: pyvirt.client.migrate) --------------
+    async def migrate3(self, dconn: AsyncConnection, params: ParamsIn | None = None,
+                       flags: int = 0) -> AsyncDomain:  # fmt: skip
+        """virDomainMigrate3: the client runs the five phases; the domain on ``dconn``."""
+        return await _migrate.migrate3(self, dconn, params, flags)
+
+    async def migrateToURI3(self, dconnuri: str | None, params: ParamsIn | None = None,
+                            flags: int = 0) -> int:  # fmt: skip
+        """virDomainMigrateToURI3: peer-to-peer (or direct), driven by the source."""
+        await _migrate.migrate_to_uri3(self, dconnuri, params, flags)
+        return 0
+
+    async def migrate(self, dconn: AsyncConnection, flags: int = 0, dname: str | None = None,
+                      uri: str | None = None, bandwidth: int = 0) -> AsyncDomain:  # fmt: skip
+        """virDomainMigrate (the older API)."""
+        return await _migrate.migrate(self, dconn, flags, dname, uri, bandwidth)
+
+    async def migrateToURI(self, duri: str, flags: int = 0, dname: str | None = None,
+                           bandwidth: int = 0) -> int:  # fmt: skip
+        """virDomainMigrateToURI (the older API)."""
+        await _migrate.migrate_to_uri(self, duri, flags, dname, bandwidth)
         return 0
 
     # -- migration, source side (driven by the migration engine) -----------------------------

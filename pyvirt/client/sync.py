@@ -405,6 +405,25 @@ class virDomain:  # libvirt-python's name
     def migrateStartPostCopy(self, flags: int = 0) -> int:
         return _run(self._a.migrateStartPostCopy(flags))
 
+    # -- migration (pyvirt.client.migrate has libvirt's rules) -------------------------------
+    def migrate3(self, dconn: virConnect, params: dict[str, Any] | None = None,
+                 flags: int = 0) -> virDomain:  # fmt: skip
+        """Managed migration to ``dconn``; the domain there (on ``dconn``)."""
+        return dconn._dom(_run(self._a.migrate3(dconn.aio, params, flags)))
+
+    def migrateToURI3(self, dconnuri: str | None, params: dict[str, Any] | None = None,
+                      flags: int = 0) -> int:  # fmt: skip
+        """Peer-to-peer (or direct) migration driven by the source; 0 on success."""
+        return _run(self._a.migrateToURI3(dconnuri, params, flags))
+
+    def migrate(self, dconn: virConnect, flags: int = 0, dname: str | None = None,
+                uri: str | None = None, bandwidth: int = 0) -> virDomain:  # fmt: skip
+        return dconn._dom(_run(self._a.migrate(dconn.aio, flags, dname, uri, bandwidth)))
+
+    def migrateToURI(self, duri: str, flags: int = 0, dname: str | None = None,
+                     bandwidth: int = 0) -> int:  # fmt: skip
+        return _run(self._a.migrateToURI(duri, flags, dname, bandwidth))
+
 
 # -- opening ---------------------------------------------------------------------------------
 def open(name: str | None = None) -> virConnect:

@@ -59,7 +59,9 @@ async def prepare(engine: MigrationEngine, client_id: int | None, flags: int,
         definition.name = str(params["destination_name"])
     obj = engine.claim_incoming(definition)
     if flags & MigrateFlags.OFFLINE:
-        return make_cookie(driver, obj.name, obj.uuid).to_bytes(), None
+        # Nothing will listen; libvirt's clients still expect a URI from Prepare.
+        host = driver.settings.migration_host or socket.gethostname()
+        return make_cookie(driver, obj.name, obj.uuid).to_bytes(), f"tcp://{host}"
     job = MigrationJob(JobOperation.MIGRATION_IN, flags, Phase.PREPARE, client_id=client_id)
     obj.migration = job
     try:
@@ -130,10 +132,12 @@ async def _activate(engine: MigrationEngine, obj: DomainObj, flags: int,
 
 def _persist(engine: MigrationEngine, obj: DomainObj, params: dict[str, Any]) -> None:
     driver = engine.driver
-    assert obj.live is not None
     xml = params.get("persistent_xml")
-    definition = driver.parse(str(xml)) if xml else driver.parse(
-        format_domain_xml(obj.live, migratable=True))
+    if not xml:
+        if obj.live is None:
+            raise InvalidArgError("no persistent definition to keep")
+        xml = format_domain_xml(obj.live, migratable=True)
+    definition = driver.parse(str(xml))
     existed = obj.persistent
     driver.config_store.write(obj.name, format_domain_xml(definition))
     obj.config = definition

@@ -1,0 +1,334 @@
+"""Live migration of real guests between two lab hosts, driven by the stock virsh.
+
+One worker, ``_migrate``, runs every successful case. Its checks:
+  - the guest's heartbeat counter continues on the destination from where it stopped on
+    the source (same boot: no restart), and no CORRUPT line ever appears;
+  - at every ~100 ms sample during the migration at most one host runs the guest;
+  - states and reasons end as libvirt's: destination running (migrated) or paused with
+    --suspend, source shut off (migrated) or gone when undefined;
+  - persistent definitions follow --persistent / --undefinesource;
+  - nothing is left behind: no QEMU for the guest on the source, no migration job.
+Failure cases check that the guest keeps running on the source and the destination
+holds no trace of it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+import pyvirt
+from pyvirt.lab.guest import build_guest, domain_xml
+from pyvirt.lab.hosts import LabHost, lab_down, lab_up
+from tests.functional.daemon_util import run
+from tests.functional.guestlog import SerialLog
+
+pytestmark = [pytest.mark.qemu, pytest.mark.lab]
+
+
+@pytest.fixture(scope="module")
+def hosts() -> Iterator[list[LabHost]]:
+    if os.geteuid() != 0:
+        pytest.skip("lab hosts need root")
+    build_guest()
+    try:
+        yield lab_up(2)
+    finally:
+        lab_down()
+
+
+def virsh(uri: str, *args: str, timeout: float = 180) -> tuple[int, str, str]:
+    proc = run(["virsh", "-c", uri, *args], timeout=timeout)
+    return proc.returncode, proc.stdout, proc.stderr
+
+
+def serial(host: LabHost, name: str) -> SerialLog:
+    return SerialLog(host.dir / "log" / "qemu" / f"{name}-serial0.log")
+
+
+def beat(log: SerialLog, above: int = -1, timeout: float = 60) -> int:
+    return asyncio.run(log.wait_heartbeat(above=above, timeout=timeout)).n
+
+
+@dataclass
+class RunnerSampler:
+    """Samples both hosts' view of the guest every ~100 ms (oracle: one runner)."""
+
+    uris: list[str]
+    name: str
+    samples: list[list[str]] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event)
+
+    def __enter__(self) -> RunnerSampler:
+        self._conns = [pyvirt.open(uri) for uri in self.uris]
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._thread.start()
+        return self
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            row = []
+            for conn in self._conns:
+                try:
+                    row.append("running" if conn.lookupByName(self.name).state()[0] == 1
+                               else "other")
+                except pyvirt.libvirtError:
+                    row.append("absent")
+            self.samples.append(row)
+            time.sleep(0.1)
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(10)
+        for conn in self._conns:
+            conn.close()
+        assert self.samples, "no samples taken"
+        both = [row for row in self.samples if row.count("running") > 1]
+        assert not both, f"two hosts ran the guest: {both[:3]}"
+
+
+def _start_guest(host: LabHost, name: str, tmp: Path, persistent: bool = False,
+                 dirty_mb: int = 16) -> SerialLog:
+    xml = tmp / f"{name}.xml"
+    xml.write_text(domain_xml(name, dirty_mb=dirty_mb))
+    if persistent:
+        assert virsh(host.uri, "define", str(xml))[0] == 0
+        assert virsh(host.uri, "start", name)[0] == 0
+    else:
+        assert virsh(host.uri, "create", str(xml))[0] == 0
+    log = serial(host, name)
+    beat(log, above=2)
+    return log
+
+
+def _migrate(hosts: list[LabHost], tmp: Path, name: str, *options: str,
+             persistent: bool = False) -> tuple[LabHost, LabHost]:
+    src, dst = hosts
+    src_log = _start_guest(src, name, tmp, persistent)
+    with RunnerSampler([src.uri, dst.uri], name):
+        rc, out, err = virsh(src.uri, "migrate", *options, name, dst.uri)
+    assert rc == 0, err
+    last_on_src = src_log.last()
+    assert last_on_src is not None
+    dst_log = serial(dst, name)
+    first = beat(dst_log, above=last_on_src.n)  # the counter continues: same boot
+    assert first > last_on_src.n
+    first_beat = dst_log.heartbeats()[0]
+    assert first_beat.n >= last_on_src.n and first_beat.t_ms >= last_on_src.t_ms
+    assert src_log.corrupt_lines() == [] and dst_log.corrupt_lines() == []
+    return src, dst
+
+
+def _cleanup(host: LabHost, name: str) -> None:
+    virsh(host.uri, "destroy", name)
+    virsh(host.uri, "undefine", name)
+
+
+def test_migrate_live_normal(hosts: list[LabHost], tmp_path: Path) -> None:
+    src, dst = _migrate(hosts, tmp_path, "m-normal", "--live", "--verbose")
+    assert virsh(dst.uri, "domstate", "--reason", "m-normal")[1] == "running (migrated)\n\n"
+    rc, _, err = virsh(src.uri, "dominfo", "m-normal")
+    assert rc == 1  # a transient guest is gone from the source
+    rc, out, _ = virsh(src.uri, "domjobinfo", "--completed", "m-normal")
+    _cleanup(dst, "m-normal")
+
+
+def test_migrate_live_p2p_and_back(hosts: list[LabHost], tmp_path: Path) -> None:
+    src, dst = _migrate(hosts, tmp_path, "m-p2p", "--live", "--p2p")
+    assert virsh(dst.uri, "domstate", "--reason", "m-p2p")[1] == "running (migrated)\n\n"
+    rc, out, err = virsh(dst.uri, "migrate", "--live", "--p2p", "m-p2p", src.uri)
+    assert rc == 0, err
+    log = serial(src, "m-p2p")
+    assert beat(log, above=(log.last().n if log.last() else 0)) > 0  # type: ignore[union-attr]
+    assert virsh(src.uri, "domstate", "--reason", "m-p2p")[1] == "running (migrated)\n\n"
+    _cleanup(src, "m-p2p")
+
+
+def test_migrate_persistent_undefinesource(hosts: list[LabHost], tmp_path: Path) -> None:
+    src, dst = _migrate(hosts, tmp_path, "m-pers", "--live", "--persistent",
+                        "--undefinesource", persistent=True)
+    rc, out, _ = virsh(dst.uri, "dominfo", "m-pers")
+    assert rc == 0 and "Persistent:     yes" in out
+    assert virsh(src.uri, "dominfo", "m-pers")[0] == 1  # undefined on the source
+    _cleanup(dst, "m-pers")
+
+
+def test_migrate_keeps_source_definition(hosts: list[LabHost], tmp_path: Path) -> None:
+    src, dst = _migrate(hosts, tmp_path, "m-keep", "--live", persistent=True)
+    assert virsh(src.uri, "domstate", "--reason", "m-keep")[1] == "shut off (migrated)\n\n"
+    rc, out, _ = virsh(dst.uri, "dominfo", "m-keep")
+    assert "Persistent:     no" in out  # no --persistent: transient on the destination
+    _cleanup(dst, "m-keep")
+    _cleanup(src, "m-keep")
+
+
+def test_migrate_suspend_leaves_destination_paused(hosts: list[LabHost],
+                                                   tmp_path: Path) -> None:
+    src, dst = hosts
+    _start_guest(src, "m-susp", tmp_path)
+    rc, _, err = virsh(src.uri, "migrate", "--live", "--suspend", "m-susp", dst.uri)
+    assert rc == 0, err
+    assert virsh(dst.uri, "domstate", "m-susp")[1] == "paused\n\n"
+    assert virsh(dst.uri, "resume", "m-susp")[0] == 0
+    log = serial(dst, "m-susp")
+    beat(log, above=log.last().n if log.last() else 0)  # type: ignore[union-attr]
+    _cleanup(dst, "m-susp")
+
+
+def test_migrate_offline_moves_definition(hosts: list[LabHost], tmp_path: Path) -> None:
+    src, dst = hosts
+    xml = tmp_path / "m-off.xml"
+    xml.write_text(domain_xml("m-off"))
+    assert virsh(src.uri, "define", str(xml))[0] == 0
+    rc, _, err = virsh(src.uri, "migrate", "--offline", "--persistent", "m-off", dst.uri)
+    assert rc == 0, err
+    assert virsh(dst.uri, "domstate", "m-off")[1] == "shut off\n\n"
+    assert virsh(src.uri, "domstate", "m-off")[1] == "shut off\n\n"
+    _cleanup(dst, "m-off")
+    _cleanup(src, "m-off")
+
+
+def _assert_still_on_source(src: LabHost, dst: LabHost, name: str) -> None:
+    assert virsh(src.uri, "domstate", name)[1] == "running\n\n"
+    log = serial(src, name)
+    last = log.last()
+    assert last is not None and beat(log, above=last.n) > last.n
+    assert virsh(dst.uri, "dominfo", name)[0] == 1  # no half-created domain
+    assert not _qemu_pids(dst, name)
+
+
+def _qemu_pids(host: LabHost, name: str) -> list[int]:
+    pids = []
+    netns = os.stat(host.netns_path).st_ino
+    for entry in Path("/proc").iterdir():
+        try:
+            if os.stat(entry / "ns" / "net").st_ino != netns:
+                continue
+            cmd = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"qemu-system" in cmd and f"guest={name},".encode() in cmd:
+            pids.append(int(entry.name))
+    return pids
+
+
+@pytest.mark.parametrize("mode", [[], ["--p2p"]])
+def test_refused_same_host(hosts: list[LabHost], tmp_path: Path, mode: list[str]) -> None:
+    src = hosts[0]
+    _start_guest(src, "m-same", tmp_path)
+    other_uri = f"qemu+unix:///system?socket={src.dir}/run/sock/libvirt-sock"
+    rc, _, err = virsh(src.uri, "migrate", "--live", *mode, "m-same", other_uri)
+    assert rc == 1 and "Attempt to migrate guest to the same host" in err, err
+    assert virsh(src.uri, "domstate", "m-same")[1] == "running\n\n"
+    _cleanup(src, "m-same")
+
+
+def test_refused_destination_unreachable(hosts: list[LabHost], tmp_path: Path) -> None:
+    src, dst = hosts
+    _start_guest(src, "m-unreach", tmp_path)
+    rc, _, err = virsh(src.uri, "migrate", "--live", "--p2p", "m-unreach",
+                       "qemu+tcp://10.77.0.1:1/system")
+    assert rc == 1 and "error:" in err
+    _assert_still_on_source(src, dst, "m-unreach")
+    _cleanup(src, "m-unreach")
+
+
+def test_refused_name_clash_on_destination(hosts: list[LabHost], tmp_path: Path) -> None:
+    src, dst = hosts
+    _start_guest(src, "m-clash", tmp_path)
+    other = tmp_path / "other.xml"
+    other.write_text(domain_xml("m-clash"))  # same name, another uuid
+    assert virsh(dst.uri, "define", str(other))[0] == 0
+    rc, _, err = virsh(src.uri, "migrate", "--live", "m-clash", dst.uri)
+    assert rc == 1 and "already exists" in err, err
+    assert virsh(src.uri, "domstate", "m-clash")[1] == "running\n\n"
+    assert virsh(dst.uri, "domstate", "m-clash")[1] == "shut off\n\n"
+    _cleanup(dst, "m-clash")
+    _cleanup(src, "m-clash")
+
+
+def _slow_migration(src: LabHost, dst: LabHost, name: str, tmp: Path,
+                    *extra: str) -> threading.Thread:
+    _start_guest(src, name, tmp, dirty_mb=64)
+    result: dict[str, tuple[int, str, str]] = {}
+
+    def go() -> None:
+        result["r"] = virsh(src.uri, "migrate", "--live", "--bandwidth", "1", *extra, name,
+                            dst.uri)
+
+    thread = threading.Thread(target=go)
+    thread.result = result  # type: ignore[attr-defined]
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not _qemu_pids(dst, name):
+        assert time.monotonic() < deadline, "destination QEMU never started"
+        time.sleep(0.1)
+    time.sleep(1.0)
+    return thread
+
+
+def test_destination_qemu_killed_mid_migration(hosts: list[LabHost], tmp_path: Path) -> None:
+    src, dst = hosts
+    thread = _slow_migration(src, dst, "m-kill", tmp_path)
+    for pid in _qemu_pids(dst, "m-kill"):
+        os.kill(pid, signal.SIGKILL)
+    thread.join(120)
+    rc, _, err = thread.result["r"]  # type: ignore[attr-defined]
+    assert rc == 1 and "error:" in err
+    _assert_still_on_source(src, dst, "m-kill")
+    _cleanup(src, "m-kill")
+
+
+def test_domjobabort_cancels(hosts: list[LabHost], tmp_path: Path) -> None:
+    src, dst = hosts
+    thread = _slow_migration(src, dst, "m-abort", tmp_path, "--p2p")
+    rc, out, _ = virsh(src.uri, "domjobinfo", "m-abort")
+    assert rc == 0 and "Unbounded" in out and "Outgoing migration" in out
+    assert virsh(src.uri, "domjobabort", "m-abort")[0] == 0
+    thread.join(120)
+    rc, _, err = thread.result["r"]  # type: ignore[attr-defined]
+    assert rc == 1 and "cancel" in err.lower(), err
+    _assert_still_on_source(src, dst, "m-abort")
+    assert virsh(src.uri, "domstate", "--reason", "m-abort")[1] == \
+        "running (migration canceled)\n\n"
+    _cleanup(src, "m-abort")
+
+
+def test_python_libvirt_migrate_to_uri3_p2p(hosts: list[LabHost], tmp_path: Path) -> None:
+    src, dst = hosts
+    _start_guest(src, "m-py", tmp_path)
+    script = (
+        "import libvirt\n"
+        f"c = libvirt.open({src.uri!r})\n"
+        "d = c.lookupByName('m-py')\n"
+        f"d.migrateToURI3({dst.uri!r}, {{}}, "
+        "libvirt.VIR_MIGRATE_LIVE | libvirt.VIR_MIGRATE_PEER2PEER)\n"
+        "print('OK')\n")
+    proc = run(["/usr/bin/python3", "-c", script], timeout=120)
+    assert proc.returncode == 0 and "OK" in proc.stdout, proc.stderr
+    assert virsh(dst.uri, "domstate", "--reason", "m-py")[1] == "running (migrated)\n\n"
+    _cleanup(dst, "m-py")
+
+
+def test_unsafe_local_disk_refused(hosts: list[LabHost], tmp_path: Path) -> None:
+    src, dst = hosts
+    image = Path("/var/lib/pyvirt/images/m-disk.qcow2")
+    create = ["qemu-img", "create", "-q", "-f", "qcow2", str(image), "16M"]
+    from pyvirt.lab.hosts import host_exec_argv
+    assert run(host_exec_argv(src, create)).returncode == 0
+    xml = tmp_path / "m-disk.xml"
+    xml.write_text(domain_xml("m-disk", disk=image, disk_format="qcow2"))
+    assert virsh(src.uri, "create", str(xml))[0] == 0
+    rc, _, err = virsh(src.uri, "migrate", "--live", "m-disk", dst.uri)
+    assert rc == 1 and "Migration without shared storage is unsafe" in err, err
+    assert virsh(src.uri, "domstate", "m-disk")[1] == "running\n\n"
+    _cleanup(src, "m-disk")
+    run(host_exec_argv(src, ["rm", "-f", str(image)]))
