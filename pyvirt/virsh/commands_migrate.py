@@ -1,9 +1,8 @@
 """Job and migration commands: domjobinfo, domjobabort, migrate-*, and migrate itself.
 
-``migrate`` parses and validates everything exactly as virsh does and builds a
-:class:`~pyvirt.virsh.migrate.MigrateRequest`; running it (the client's migrate call,
-``--verbose`` progress, ``--timeout``, Ctrl-C abort) is not implemented yet, so it then
-fails with an explicit error.
+``migrate`` itself lives in :mod:`pyvirt.virsh.migrate` (options → MigrateRequest, the
+destination connection, the worker thread) and :mod:`pyvirt.virsh.progress` (``--verbose``
+progress, ``--timeout``, Ctrl-C abort).
 """
 
 from __future__ import annotations
@@ -237,9 +236,4 @@ def cmd_postcopy(shell: Shell, cmd: ParsedCommand) -> bool:
 def cmd_migrate(shell: Shell, cmd: ParsedCommand) -> bool:
     from pyvirt.virsh import migrate
 
-    migrate.check_combinations(cmd)
-    _dom, name = shell.domain(cmd)
-    request = migrate.build_request(cmd, name)
-    migrate.library_checks(request, shell.readonly)
-    raise CommandError(f"migrate: running a migration is not supported yet "
-                       f"({request.api} with flags 0x{int(request.flags):x})")  # fmt: skip
+    return migrate.run(shell, cmd)

@@ -1,4 +1,4 @@
-"""``migrate``'s options → a :class:`MigrateRequest` (flags, typed parameters, watch policy).
+"""``migrate``: options → a :class:`MigrateRequest`, and running it the way virsh 9.0 does.
 
 Parsed once, at the edge, the way virsh 9.0 does it, including the order of its checks
 (the first failing check is the one reported, so the order is part of the behaviour):
@@ -14,18 +14,37 @@ Parsed once, at the edge, the way virsh 9.0 does it, including the order of its 
 
 Checks that need the daemon (driver features, offline without --persistent, ...) are the
 daemon's business and are not repeated here.
+
+Running (cmdMigrate / doMigrate): steps 1-2 on the main thread, then the
+MIGRATION_ITERATION registration (``--postcopy-after-precopy``), then the destination
+connection (normal mode only: ``--p2p`` and ``--direct`` talk to the source alone); the
+worker thread looks the domain up again, does steps 3-5 and calls ``migrate3`` or
+``migrateToURI3`` while the main thread watches (:mod:`pyvirt.virsh.progress`). Success
+prints nothing (the shell's blank line follows); failure is ``error: <message>``.
 """
 
 from __future__ import annotations
 
 import enum
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from pyvirt.constants import MigrateFlags
 from pyvirt.errors import VirtError
-from pyvirt.virsh.commands_domain import exclusive, read_xml_file, require
+from pyvirt.virsh.commands_domain import exclusive, optional_method, read_xml_file, require
 from pyvirt.virsh.options import CommandError, ParsedCommand
+from pyvirt.virsh.progress import JobWatcher
+
+if TYPE_CHECKING:
+    from pyvirt.virsh.api import Connection, Domain
+    from pyvirt.virsh.shell import Shell
+
+log = logging.getLogger(__name__)
+
+#: VIR_DOMAIN_EVENT_ID_MIGRATION_ITERATION
+EVENT_MIGRATION_ITERATION = 20
 
 
 class TimeoutAction(enum.IntEnum):
@@ -256,3 +275,84 @@ def build_request(cmd: ParsedCommand, domain: str) -> MigrateRequest:
         direct=cmd.flag("direct"), verbose=cmd.flag("verbose"), timeout=timeout,
         timeout_action=action, postcopy_after_precopy=cmd.flag("postcopy-after-precopy"),
     )
+
+
+# -- running it ------------------------------------------------------------------------------
+def run(shell: Shell, cmd: ParsedCommand) -> bool:
+    """cmdMigrate."""
+    check_combinations(cmd)
+    dom, _ = shell.domain(cmd)
+    timeout, action = timeout_of(cmd)
+    return Migration(shell, cmd, dom).run(timeout, action)
+
+
+class Migration:
+    """One ``migrate`` command: the main thread's part and the worker's (doMigrate)."""
+
+    def __init__(self, shell: Shell, cmd: ParsedCommand, dom: Domain) -> None:
+        self.shell = shell
+        self.cmd = cmd
+        self.dom = dom
+
+    def run(self, timeout: int, action: TimeoutAction) -> bool:
+        callback_id = self._register_iteration() \
+            if self.cmd.flag("postcopy-after-precopy") else None  # fmt: skip
+        try:
+            dconn = None if self.cmd.flag("p2p") or self.cmd.flag("direct") else \
+                self._connect_destination()  # fmt: skip
+            try:
+                watcher = JobWatcher(self.dom, label="Migration", verbose=self.cmd.flag("verbose"),
+                                     stdout=self.shell.stdout, stderr=self.shell.stderr,
+                                     timeout=timeout, on_timeout=self._timeout_action(action))
+                watcher.run(lambda: self._migrate(dconn))
+            finally:
+                if dconn is not None:
+                    _quietly(dconn.close)
+        finally:
+            if callback_id is not None:
+                deregister = optional_method(self.shell.connection, "domainEventDeregisterAny")
+                _quietly(lambda: deregister(callback_id))
+        return True
+
+    def _connect_destination(self) -> Connection:
+        """virshConnect(desturi, read-write); its failure is the command's error."""
+        return self.shell.connect_factory(self.cmd.string("desturi") or "", False)
+
+    def _register_iteration(self) -> int:
+        register = optional_method(self.shell.connection, "domainEventRegisterAny")
+        callback_id = register(self.dom, EVENT_MIGRATION_ITERATION, _on_iteration, None)
+        assert isinstance(callback_id, int)
+        return callback_id
+
+    def _timeout_action(self, action: TimeoutAction) -> Callable[[], object]:
+        """virshMigrateTimeout: suspend (the default) or switch to post-copy."""
+        if action == TimeoutAction.POSTCOPY:
+            return lambda: self.dom.migrateStartPostCopy(0)
+        return self.dom.suspend
+
+    def _migrate(self, dconn: Connection | None) -> None:
+        """doMigrate, in the worker thread."""
+        dom, name = self.shell.domain(self.cmd)  # virsh looks the domain up again here
+        request = build_request(self.cmd, name)
+        library_checks(request, self.shell.readonly)
+        params, flags = request.params_dict(), int(request.flags)
+        if request.api == "migrateToURI3":
+            optional_method(dom, "migrateToURI3")(request.desturi, params, flags)
+        else:
+            optional_method(dom, "migrate3")(dconn, params, flags)
+
+
+def _on_iteration(conn: object, dom: Any, iteration: int, opaque: object) -> None:
+    """virshMigrateIteration: after the first full pass, switch to post-copy."""
+    if iteration == 2:
+        try:
+            dom.migrateStartPostCopy(0)
+        except VirtError as exc:  # virsh only says so at debug level
+            log.debug("switching to post-copy failed: %s", exc)
+
+
+def _quietly(call: Callable[[], object]) -> None:
+    try:
+        call()
+    except VirtError as exc:
+        log.debug("cleanup after migrate failed: %s", exc)

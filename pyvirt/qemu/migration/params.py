@@ -1,4 +1,4 @@
-"""A migration request, parsed once at the edge: flags + typed parameters → :class:`MigrationRequest`.
+"""A migration request, parsed once at the edge: flags + typed parameters → MigrationRequest.
 
 Every migration entry point (Begin, Prepare, Perform, Finish, Confirm; p2p, tunnelled, direct)
 hands its ``flags`` and ``params`` to :func:`parse_request` first; the rest of the engine only
@@ -45,7 +45,7 @@ from pyvirt.rpc.remote_types import TypedParam, TypedParamType, TypedValue
 STORAGE_MIGRATION_SUPPORTED: Final = False
 
 MIB: Final = 1024 * 1024
-#: libvirt's QEMU_DOMAIN_MIG_BANDWIDTH_MAX (MiB/s); × MiB it is UNLIMITED_BANDWIDTH_BYTES
+#: libvirt's QEMU_DOMAIN_MIG_BANDWIDTH_MAX (MiB/s); times MiB it is UNLIMITED_BANDWIDTH_BYTES
 BANDWIDTH_MAX_MIB: Final = UNLIMITED_BANDWIDTH_BYTES // MIB
 #: parameters libvirt scales by MiB through an unsigned long long (qemuMigrationParamsGetTPULL)
 ULLONG_MAX_MIB: Final = ((1 << 64) - 1) // MIB
@@ -233,20 +233,53 @@ class MigrationRequest:
     def has(self, flag: MigrateFlags) -> bool:
         return bool(self.flags & flag)
 
-    live = property(lambda self: self.has(MigrateFlags.LIVE))
-    peer2peer = property(lambda self: self.has(MigrateFlags.PEER2PEER))
-    tunnelled = property(lambda self: self.has(MigrateFlags.TUNNELLED))
-    persist_dest = property(lambda self: self.has(MigrateFlags.PERSIST_DEST))
-    undefine_source = property(lambda self: self.has(MigrateFlags.UNDEFINE_SOURCE))
-    paused = property(lambda self: self.has(MigrateFlags.PAUSED))
-    offline = property(lambda self: self.has(MigrateFlags.OFFLINE))
-    abort_on_error = property(lambda self: self.has(MigrateFlags.ABORT_ON_ERROR))
-    auto_converge = property(lambda self: self.has(MigrateFlags.AUTO_CONVERGE))
-    postcopy = property(lambda self: self.has(MigrateFlags.POSTCOPY))
-    parallel = property(lambda self: self.has(MigrateFlags.PARALLEL))
-    zerocopy = property(lambda self: self.has(MigrateFlags.ZEROCOPY))
-    unsafe = property(lambda self: self.has(MigrateFlags.UNSAFE))
-    change_protection = property(lambda self: self.has(MigrateFlags.CHANGE_PROTECTION))
+    @property
+    def live(self) -> bool:
+        return self.has(MigrateFlags.LIVE)
+
+    @property
+    def peer2peer(self) -> bool:
+        return self.has(MigrateFlags.PEER2PEER)
+
+    @property
+    def tunnelled(self) -> bool:
+        return self.has(MigrateFlags.TUNNELLED)
+
+    @property
+    def offline(self) -> bool:
+        return self.has(MigrateFlags.OFFLINE)
+
+    @property
+    def postcopy(self) -> bool:
+        return self.has(MigrateFlags.POSTCOPY)
+
+    @property
+    def parallel(self) -> bool:
+        return self.has(MigrateFlags.PARALLEL)
+
+    @property
+    def zerocopy(self) -> bool:
+        return self.has(MigrateFlags.ZEROCOPY)
+
+    @property
+    def paused(self) -> bool:
+        return self.has(MigrateFlags.PAUSED)
+
+    @property
+    def persist_dest(self) -> bool:
+        return self.has(MigrateFlags.PERSIST_DEST)
+
+    @property
+    def undefine_source(self) -> bool:
+        return self.has(MigrateFlags.UNDEFINE_SOURCE)
+
+    @property
+    def abort_on_error(self) -> bool:
+        return self.has(MigrateFlags.ABORT_ON_ERROR)
+
+    @property
+    def auto_converge(self) -> bool:
+        return self.has(MigrateFlags.AUTO_CONVERGE)
 
     @property
     def storage_copy(self) -> bool:
@@ -284,10 +317,8 @@ class MigrationRequest:
 
 # -- 1 and 2: flags and typed parameters --------------------------------------------------------
 def _check_flags(flags: int, api: str) -> MigrateFlags:
-    known = 0
-    for member in MigrateFlags:
-        known |= member
-    unknown = flags & ~known
+    known = sum(MigrateFlags)
+    unknown = flags & ~known & 0xFFFFFFFF_FFFFFFFF
     if unknown or flags < 0:
         raise InvalidArgError(f"unsupported flags (0x{unknown:x}) in function {api}")
     return MigrateFlags(flags)
@@ -299,7 +330,8 @@ _Values = dict[str, list[TypedValue]]
 def _collect(params: Sequence[TypedParam]) -> _Values:
     """virTypedParamsValidate: known names, right types, repeats only where allowed.
 
-    libvirt checks in name order (it sorts a copy), so the first error is the first by name.
+    libvirt checks in name order (it sorts a copy), so the first error is the first by name;
+    the sort is stable, so repeated parameters keep the caller's order.
     """
     values: _Values = {}
     for param in sorted(params, key=lambda p: p.field):
@@ -308,27 +340,34 @@ def _collect(params: Sequence[TypedParam]) -> _Values:
             raise ArgumentUnsupportedError(f"parameter '{param.field}' not supported")
         if param.field in values and param.field not in MULTI_VALUED_PARAMS:
             raise InvalidArgError(f"parameter '{param.field}' occurs multiple times")
-        if param.type != expected or not _value_fits(param):
+        if param.type != expected:
             raise InvalidArgError(
                 f"invalid type '{_type_name(param.type)}' for parameter '{param.field}', "
                 f"expected '{expected.name.lower()}'")
+        if not _value_fits(param):
+            raise InvalidArgError(f"parameter '{param.field}' has an invalid "
+                                  f"{expected.name.lower()} value {param.value!r}")
         values.setdefault(param.field, []).append(param.value)
-    return _ordered(params, values)
+    return values
 
 
 def _type_name(kind: object) -> str:
     return kind.name.lower() if isinstance(kind, TypedParamType) else "unknown"
 
 
+_INT_LIMITS: Mapping[TypedParamType, tuple[int, int]] = {
+    TypedParamType.INT: (-(1 << 31), (1 << 31) - 1),
+    TypedParamType.ULLONG: (0, (1 << 64) - 1),
+}
+
+
 def _value_fits(param: TypedParam) -> bool:
+    """What the wire guarantees, checked for in-process callers too."""
     if param.type is TypedParamType.STRING:
         return isinstance(param.value, str)
-    return isinstance(param.value, int) and not isinstance(param.value, bool)
-
-
-def _ordered(params: Sequence[TypedParam], values: _Values) -> _Values:
-    """Multi-valued parameters keep the caller's order (the sort above is stable)."""
-    return {field: values[field] for field in dict.fromkeys(p.field for p in params)}
+    low, high = _INT_LIMITS[param.type]
+    value = param.value
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
 
 
 # -- 3: what pyvirt refuses ---------------------------------------------------------------------
@@ -350,9 +389,10 @@ def _refuse_storage(flags: MigrateFlags, values: _Values) -> None:
         if flag in flags:
             raise ArgumentUnsupportedError(
                 f"{flag_label(flag)}: storage migration is not supported yet")
-    for field in sorted(STORAGE_PARAMS & values.keys()):
+    given = sorted(STORAGE_PARAMS & values.keys())
+    if given:
         raise ArgumentUnsupportedError(
-            f"parameter '{field}': storage migration is not supported yet")
+            f"parameter '{given[0]}': storage migration is not supported yet")
 
 
 # -- 4: --direct ----------------------------------------------------------------------------
