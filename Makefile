@@ -33,8 +33,7 @@ guest: setup
 	$(VENV)/bin/pyvirt-lab guest build
 
 demo: setup
-	@echo "make demo arrives with live migration (issue 4); nothing to run yet." >&2
-	@exit 1
+	$(PY) -m pyvirt.lab.demo
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -20,10 +20,10 @@ CONNECT_NO_ALIASES = 2
 #: the libvirt API level pyvirtd implements (reported as the daemon's library version)
 LIB_VERSION = 9_000_000
 
-#: VIR_DRV_FEATURE_* → supported?  Only implemented features answer 1; DIRECT (5) joins
-#: when pyvirt's --direct extension lands.
+#: VIR_DRV_FEATURE_* → supported?  Only implemented features answer 1.
 FEATURES: dict[int, int] = {
     4: 1,    # MIGRATION_P2P
+    5: 1,    # MIGRATION_DIRECT: pyvirt's extension, straight to a QEMU's migrate_uri
     6: 1,    # MIGRATION_V3
     7: 1,    # MIGRATE_CHANGE_PROTECTION (definitions cannot change while migrating)
     9: 1,    # TYPED_PARAM_STRING

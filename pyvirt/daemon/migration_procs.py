@@ -2,63 +2,59 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
+from pyvirt.constants import MigrateFlags
 from pyvirt.daemon.context import Call, Handler, check_flags, handle_of
-from pyvirt.errors import InvalidArgError, OperationInvalidError, VirtError
+from pyvirt.errors import OperationInvalidError, VirtError
+from pyvirt.qemu.migration.params import MigrationRequest, Side, parse_request
 from pyvirt.rpc.remote_protocol import RemoteProc as RP
 from pyvirt.rpc.remote_types import TypedParam, TypedParamType
 
-#: parameters that may appear several times (libvirt's VIR_TYPED_PARAM_MULTIPLE ones)
-_MULTI = frozenset({"migrate_disks", "compression"})
 JOB_STATS_COMPLETED = 1
 JOB_STATS_KEEP_COMPLETED = 2
 MAX_SPEED_POSTCOPY = 1
 
 
-def params_dict(params: Sequence[TypedParam]) -> dict[str, Any]:
-    """Typed parameters → a dict; repeats only for list parameters, as libvirt checks."""
-    out: dict[str, Any] = {}
-    for param in params:
-        if param.field in _MULTI:
-            out.setdefault(param.field, []).append(param.value)
-        elif param.field in out:
-            raise InvalidArgError(f"parameter '{param.field}' occurs multiple times")
-        else:
-            out[param.field] = param.value
-    return out
+def request_of(args: Any, side: Side, api: str, direct: bool = False) -> MigrationRequest:
+    """Flags and typed parameters, checked once at the edge (libvirt's rules)."""
+    return parse_request(args["flags"], args["params"], side=side, direct=direct, api=api)
 
 
 async def begin3(call: Call, args: Any) -> Any:
     call.require_open()
     obj = call.domain(args["dom"])
-    cookie, xml = await call.driver.migration.begin(obj, args["flags"],
-                                                    params_dict(args["params"]))
+    request = request_of(args, Side.SOURCE, "qemuDomainMigrateBegin3Params")
+    cookie, xml = await call.driver.migration.begin(obj, request)
     return {"cookie_out": cookie, "xml": xml}
 
 
 async def prepare3(call: Call, args: Any) -> Any:
     call.require_open()
-    cookie, uri = await call.driver.migration.prepare(
-        call.client.id, args["flags"], params_dict(args["params"]), bytes(args["cookie_in"]))
+    request = request_of(args, Side.DESTINATION, "qemuDomainMigratePrepare3Params")
+    cookie, uri = await call.driver.migration.prepare(call.client.id, request,
+                                                      bytes(args["cookie_in"]))
     return {"cookie_out": cookie, "uri_out": uri}
 
 
 async def perform3(call: Call, args: Any) -> Any:
     call.require_open()
     obj = call.domain(args["dom"])
-    cookie = await call.driver.migration.perform(
-        obj, args["dconnuri"], args["flags"], params_dict(args["params"]),
-        bytes(args["cookie_in"]))
+    flags = args["flags"]
+    # pyvirt's --direct: Perform without peer2peer and without a preceding Begin
+    direct = not flags & MigrateFlags.PEER2PEER and obj.migration is None \
+        and not flags & MigrateFlags.OFFLINE
+    request = request_of(args, Side.SOURCE, "qemuDomainMigratePerform3Params", direct)
+    cookie = await call.driver.migration.perform(obj, args["dconnuri"], request,
+                                                 bytes(args["cookie_in"]))
     return {"cookie_out": cookie}
 
 
 async def finish3(call: Call, args: Any) -> Any:
     call.require_open()
-    obj, cookie = await call.driver.migration.finish(
-        args["flags"], params_dict(args["params"]), bytes(args["cookie_in"]),
-        bool(args["cancelled"]))
+    request = request_of(args, Side.DESTINATION, "qemuDomainMigrateFinish3Params")
+    obj, cookie = await call.driver.migration.finish(request, bytes(args["cookie_in"]),
+                                                     bool(args["cancelled"]))
     if obj is None:
         raise VirtError("operation failed: migration was cancelled", code=9)
     return {"dom": handle_of(obj), "cookie_out": cookie}
@@ -67,7 +63,8 @@ async def finish3(call: Call, args: Any) -> Any:
 async def confirm3(call: Call, args: Any) -> Any:
     call.require_open()
     obj = call.domain(args["dom"])
-    await call.driver.migration.confirm(obj, args["flags"], bool(args["cancelled"]))
+    request = request_of(args, Side.SOURCE, "qemuDomainMigrateConfirm3Params")
+    await call.driver.migration.confirm(obj, request, bool(args["cancelled"]))
     return None
 
 

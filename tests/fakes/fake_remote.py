@@ -31,11 +31,12 @@ import shutil
 import stat
 import sys
 import tempfile
+import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from pyvirt.constants import DomainState, JobType, ListFlags, MigrateFlags
 from pyvirt.errors import (
@@ -149,6 +150,9 @@ class FakeRemoteDispatcher:
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, Any]] = []
+        #: shared by several fakes to see the order of calls across daemons: (side, name, args)
+        self.journal: list[tuple[str, str, Any]] | None = None
+        self.side = ""
         self.features: dict[int, int] = {4: 1, 6: 1, 9: 1, 10: 1, 13: 1, 14: 1, 15: 1}
         self.auth_types: list[int] | None = [0]
         self.errors: dict[str, VirtError] = {}
@@ -181,6 +185,8 @@ class FakeRemoteDispatcher:
     # -- dispatch ----------------------------------------------------------------------------
     async def dispatch(self, client: ClientContext, spec: ProcSpec, args: Any) -> Any:
         self.calls.append((spec.name, args))
+        if self.journal is not None:
+            self.journal.append((self.side, spec.name, args))
         if spec.name in self.errors:
             raise self.errors[spec.name]
         handler = getattr(self, f"do_{spec.name.lower()}", None)
@@ -593,6 +599,43 @@ async def serve(fake: FakeRemoteDispatcher | None = None, *, tcp: bool = False,
     finally:
         await server.close()
         shutil.rmtree(tmpdir, ignore_errors=True)
+
+
+T = TypeVar("T")
+
+
+class ServedPair:
+    """A migration source and destination, each a :func:`serve`, on one thread and loop of
+    their own (as daemons in other processes), recording into one shared ``journal``.
+
+    ``src.uri()`` / ``dst.uri()`` are unix URIs; ``dst_tcp_uri`` is the destination over
+    TCP (a peer-to-peer dconnuri the client does not refuse as local).
+    """
+
+    def __init__(self) -> None:
+        self.journal: list[tuple[str, str, Any]] = []
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True,
+                                        name="fake-daemons")  # fmt: skip
+        self._thread.start()
+        self._stack = contextlib.AsyncExitStack()
+        self.src: Served = self.run(self._stack.enter_async_context(serve(tcp=True)))
+        self.dst: Served = self.run(self._stack.enter_async_context(serve(tcp=True)))
+        for side, served in (("SRC", self.src), ("DST", self.dst)):
+            served.fake.journal, served.fake.side = self.journal, side
+
+    @property
+    def dst_tcp_uri(self) -> str:
+        return f"qemu+tcp://127.0.0.1:{self.dst.tcp_port}/system"
+
+    def run(self, coro: Coroutine[Any, Any, T], timeout: float = 10.0) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def close(self) -> None:
+        self.run(self._stack.aclose())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(10.0)
+        self.loop.close()
 
 
 # -- a stand-in for ssh ----------------------------------------------------------------------

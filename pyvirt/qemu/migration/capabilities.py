@@ -32,7 +32,6 @@ from pyvirt.constants import UNLIMITED_BANDWIDTH_BYTES, MigrateFlags
 from pyvirt.errors import ArgumentUnsupportedError
 from pyvirt.qemu.migration.params import (
     MIB,
-    STORAGE_FLAGS,
     STORAGE_PARAMS,
     MigrationRequest,
     Side,
@@ -87,7 +86,7 @@ class OnCompression:
 class OnStorageCopy:
     """Disks are copied over NBD (--copy-storage-all / --copy-storage-inc)."""
 
-    flags = STORAGE_FLAGS
+    flags = MigrateFlags.NON_SHARED_DISK | MigrateFlags.NON_SHARED_INC
 
     def __call__(self, request: MigrationRequest) -> bool:
         return request.storage_copy
@@ -113,9 +112,13 @@ class ParameterRule:
     party: Party
     #: the typed parameter feeding it ("bandwidth"), None when derived from flags only
     typed_param: str | None
-    #: the QEMU value, or None to leave QEMU's setting alone
+    #: the QEMU value from the request, or None
     value: Callable[[MigrationRequest, PlanContext], int | str | None]
     needed_for: str
+    #: when the feature is on but the request gives no value, set ``default`` (QEMU's own
+    #: default) so nothing an earlier attempt left in this QEMU leaks into this migration
+    when: Trigger | None = None
+    default: int | str | None = None
 
 
 @dataclass(frozen=True)
@@ -162,29 +165,36 @@ def _max_bandwidth(request: MigrationRequest, ctx: PlanContext) -> int:
     return UNLIMITED_BANDWIDTH_BYTES
 
 
-#: migrate-set-parameters (values in QEMU's units: bytes, bytes/s, percent, levels)
+#: migrate-set-parameters (values in QEMU's units: bytes, bytes/s, percent, levels);
+#: defaults are QEMU 10's own (reference/migration.md section 0)
 PARAMETER_RULES: tuple[ParameterRule, ...] = (
     ParameterRule("max-bandwidth", Party.SOURCE, "bandwidth", _max_bandwidth,
                   "the migration bandwidth"),
     ParameterRule("max-postcopy-bandwidth", Party.BOTH, "bandwidth.postcopy",
-                  lambda r, c: _mib(r.postcopy_bandwidth_mib), "--postcopy-bandwidth"),
+                  lambda r, c: _mib(r.postcopy_bandwidth_mib), "--postcopy-bandwidth",
+                  OnFlag(_M.POSTCOPY), 0),
     ParameterRule("avail-switchover-bandwidth", Party.SOURCE, "bandwidth.avail.switchover",
                   lambda r, c: _mib(r.avail_switchover_bandwidth_mib),
                   "--available-switchover-bandwidth"),
     ParameterRule("xbzrle-cache-size", Party.BOTH, "compression.xbzrle.cache",
-                  lambda r, c: r.xbzrle_cache_bytes, "--comp-xbzrle-cache"),
+                  lambda r, c: r.xbzrle_cache_bytes, "--comp-xbzrle-cache",
+                  OnCompression("xbzrle"), 64 * MIB),
     ParameterRule("cpu-throttle-initial", Party.SOURCE, "auto_converge.initial",
-                  lambda r, c: r.auto_converge_initial, "--auto-converge-initial"),
+                  lambda r, c: r.auto_converge_initial, "--auto-converge-initial",
+                  OnFlag(_M.AUTO_CONVERGE), 20),
     ParameterRule("cpu-throttle-increment", Party.SOURCE, "auto_converge.increment",
-                  lambda r, c: r.auto_converge_increment, "--auto-converge-increment"),
+                  lambda r, c: r.auto_converge_increment, "--auto-converge-increment",
+                  OnFlag(_M.AUTO_CONVERGE), 10),
+    # both ends must agree on channels and compression: always explicit with --parallel
     ParameterRule("multifd-channels", Party.BOTH, "parallel.connections",
-                  lambda r, c: r.parallel_connections, "--parallel-connections"),
+                  lambda r, c: r.parallel_connections, "--parallel-connections",
+                  OnFlag(_M.PARALLEL), 2),
     ParameterRule("multifd-compression", Party.BOTH, "compression",
-                  lambda r, c: r.multifd_compression, "--comp-methods zlib/zstd"),
+                  lambda r, c: r.multifd_compression, "--parallel", OnFlag(_M.PARALLEL), "none"),
     ParameterRule("multifd-zlib-level", Party.BOTH, "compression.zlib.level",
-                  lambda r, c: r.zlib_level, "--comp-zlib-level"),
+                  lambda r, c: r.zlib_level, "--comp-zlib-level", OnCompression("zlib"), 1),
     ParameterRule("multifd-zstd-level", Party.BOTH, "compression.zstd.level",
-                  lambda r, c: r.zstd_level, "--comp-zstd-level"),
+                  lambda r, c: r.zstd_level, "--comp-zstd-level", OnCompression("zstd"), 1),
 )  # fmt: skip
 
 #: capability pairs QEMU 10.0 refuses together (probed; a qemu test re-checks it)
@@ -220,15 +230,32 @@ PARAMS_HANDLED_ELSEWHERE: Mapping[str, str] = {
 
 @dataclass(frozen=True)
 class QemuMigrationSetup:
-    """What one side sends to its QEMU before migrating (capabilities first)."""
+    """What one side sends to its QEMU before migrating; send :meth:`qmp_commands`."""
 
     capabilities: dict[str, bool] = field(default_factory=dict)
     parameters: dict[str, int | str] = field(default_factory=dict)
 
-    def capabilities_arg(self) -> list[dict[str, str | bool]]:
+    def capabilities_arg(self, *, cleared: bool = False) -> list[dict[str, str | bool]]:
         """The ``capabilities`` argument of QMP migrate-set-capabilities."""
-        return [{"capability": name, "state": state}
+        return [{"capability": name, "state": state and not cleared}
                 for name, state in self.capabilities.items()]  # fmt: skip
+
+    def qmp_commands(self) -> list[tuple[str, dict[str, object]]]:
+        """The QMP commands, in an order QEMU accepts whatever an earlier attempt left set.
+
+        QEMU checks new capabilities against the current parameters and the other way round
+        (zero-copy-send vs multifd-compression), so: clear, set parameters, set capabilities.
+        """
+        commands: list[tuple[str, dict[str, object]]] = []
+        if self.capabilities:
+            commands.append(("migrate-set-capabilities",
+                             {"capabilities": self.capabilities_arg(cleared=True)}))
+        if self.parameters:
+            commands.append(("migrate-set-parameters", dict(self.parameters)))
+        if any(self.capabilities.values()):
+            commands.append(("migrate-set-capabilities",
+                             {"capabilities": self.capabilities_arg()}))
+        return commands
 
 
 def plan(
@@ -279,6 +306,8 @@ def _parameters(request: MigrationRequest, ctx: PlanContext, party: Party,
         if not rule.party & party:
             continue
         value = rule.value(request, ctx)
+        if value is None and rule.when is not None and rule.when(request):
+            value = rule.default
         if value is None:
             continue
         if rule.parameter not in qemu_params:

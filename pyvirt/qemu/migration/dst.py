@@ -23,17 +23,16 @@ from pyvirt.constants import (
     EventStoppedDetail,
     JobOperation,
     LifecycleEvent,
-    MigrateFlags,
     PausedReason,
     RunningReason,
     ShutoffReason,
 )
-from pyvirt.errors import InvalidArgError, OperationFailedError, OperationInvalidError
+from pyvirt.errors import InvalidArgError, OperationInvalidError
 from pyvirt.qemu.domain_obj import DomainObj
 from pyvirt.qemu.migration import qemu_ops
 from pyvirt.qemu.migration.cookie_io import make_cookie, read_cookie
 from pyvirt.qemu.migration.job import MigrationJob, Phase
-from pyvirt.qemu.migration.setup import destination_setup
+from pyvirt.qemu.migration.params import MigrationRequest, Side
 
 if TYPE_CHECKING:
     from pyvirt.qemu.migration.engine import MigrationEngine
@@ -44,59 +43,55 @@ log = logging.getLogger(__name__)
 FINISH_TIMEOUT_S = 120.0
 
 
-async def prepare(engine: MigrationEngine, client_id: int | None, flags: int,
-                  params: dict[str, Any], cookie_in: bytes) -> tuple[bytes, str | None]:
+async def prepare(engine: MigrationEngine, client_id: int | None, request: MigrationRequest,
+                  cookie_in: bytes) -> tuple[bytes, str | None]:
     driver = engine.driver
-    cookie = read_cookie(cookie_in, driver.settings.host_uuid)
-    xml = params.get("destination_xml")
-    if not xml:
+    if not request.destination_xml:
         raise InvalidArgError("no domain XML passed")
-    definition = driver.parse(str(xml))
-    if cookie is not None and cookie.uuid != definition.uuid:
-        raise OperationFailedError("Incoming cookie data had unexpected UUID "
-                                   f"{cookie.uuid} vs {definition.uuid}")
-    if params.get("destination_name"):
-        definition.name = str(params["destination_name"])
+    definition = driver.parse(request.destination_xml)
+    read_cookie(driver, cookie_in, name=definition.name, uuid=definition.uuid)
+    if request.destination_name:
+        definition.name = request.destination_name
     obj = engine.claim_incoming(definition)
-    if flags & MigrateFlags.OFFLINE:
+    if request.offline:
         # Nothing will listen; libvirt's clients still expect a URI from Prepare.
         host = driver.settings.migration_host or socket.gethostname()
-        return make_cookie(driver, obj.name, obj.uuid).to_bytes(), f"tcp://{host}"
-    job = MigrationJob(JobOperation.MIGRATION_IN, flags, Phase.PREPARE, client_id=client_id)
+        return make_cookie(driver, obj.name, obj.uuid), f"tcp://{host}"
+    job = MigrationJob(JobOperation.MIGRATION_IN, request.flags, Phase.PREPARE,
+                       client_id=client_id)
     obj.migration = job
     try:
-        uri_out = await _start_incoming(engine, obj, job, definition, flags, params)
+        uri_out = await _start_incoming(engine, obj, job, definition, request)
     except BaseException:
         await abandon(engine, obj)
         raise
-    return make_cookie(driver, obj.name, obj.uuid).to_bytes(), uri_out
+    return make_cookie(driver, obj.name, obj.uuid), uri_out
 
 
 async def _start_incoming(engine: MigrationEngine, obj: DomainObj, job: MigrationJob,
-                          definition: Any, flags: int, params: dict[str, Any]) -> str:
+                          definition: Any, request: MigrationRequest) -> str:
     driver = engine.driver
-    listen = str(params.get("listen_address") or driver.settings.migration_address or "0.0.0.0")
+    listen = request.listen_address or driver.settings.migration_address or "0.0.0.0"
     job.port = engine.ports.allocate(listen)
     await driver.runner.start(obj, definition, paused=True, incoming="defer")
     monitor = driver.runner.monitor(obj)
-    caps, qemu_params = destination_setup(flags, params)
-    await qemu_ops.apply_setup(monitor, caps, qemu_params)
+    await qemu_ops.apply_plan(monitor, request, Side.DESTINATION)
     bind = f"[{listen}]" if ":" in listen else listen
     await monitor.execute("migrate-incoming", {"uri": f"tcp:{bind}:{job.port}"})
     host = driver.settings.migration_host or socket.gethostname()
     return f"tcp://{host}:{job.port}"
 
 
-async def finish(engine: MigrationEngine, flags: int, params: dict[str, Any],
-                 cookie_in: bytes, cancelled: bool) -> tuple[DomainObj | None, bytes]:
+async def finish(engine: MigrationEngine, request: MigrationRequest, cookie_in: bytes,
+                 cancelled: bool) -> tuple[DomainObj | None, bytes]:
     driver = engine.driver
-    cookie = read_cookie(cookie_in, driver.settings.host_uuid)
-    name = params.get("destination_name") or (cookie.name if cookie else None)
+    cookie = read_cookie(driver, cookie_in)
+    name = request.destination_name or (cookie.name if cookie else None)
     if not name:
         raise InvalidArgError("missing destination name")
-    obj = driver.lookup_by_name(str(name))
-    if flags & MigrateFlags.OFFLINE:
-        return await _finish_offline(engine, obj, flags, params), b""
+    obj = driver.lookup_by_name(name)
+    if request.offline:
+        return await _finish_offline(engine, obj, request), b""
     job = obj.migration
     if job is None or job.outgoing:
         raise OperationInvalidError("domain is not being migrated in")
@@ -107,20 +102,22 @@ async def finish(engine: MigrationEngine, flags: int, params: dict[str, Any],
         await asyncio.wait_for(qemu_ops.wait_final(driver.runner.monitor(obj), job,
                                                    incoming=True), FINISH_TIMEOUT_S)
         job.set_phase(Phase.FINISH3)
-        await _activate(engine, obj, flags, params)
+        await _activate(engine, obj, request)
     except BaseException:
         await abandon(engine, obj)
         raise
+    if cookie is not None and cookie.statistics is not None:
+        engine.remember_incoming(obj, cookie.statistics)
     engine.release(obj)
-    return obj, make_cookie(driver, obj.name, obj.uuid).to_bytes()
+    return obj, make_cookie(driver, obj.name, obj.uuid)
 
 
-async def _activate(engine: MigrationEngine, obj: DomainObj, flags: int,
-                    params: dict[str, Any]) -> None:
+async def _activate(engine: MigrationEngine, obj: DomainObj,
+                    request: MigrationRequest) -> None:
     driver = engine.driver
-    if flags & MigrateFlags.PERSIST_DEST:
-        _persist(engine, obj, params)
-    if flags & MigrateFlags.PAUSED:
+    if request.persist_dest:
+        _persist(engine, obj, request.persistent_xml)
+    if request.paused:
         obj.set_state(DomainState.PAUSED, PausedReason.USER)
     else:
         obj.pending_resume_reason = RunningReason.MIGRATED
@@ -130,9 +127,8 @@ async def _activate(engine: MigrationEngine, obj: DomainObj, flags: int,
     driver.runner.save_status(obj)
 
 
-def _persist(engine: MigrationEngine, obj: DomainObj, params: dict[str, Any]) -> None:
+def _persist(engine: MigrationEngine, obj: DomainObj, xml: str | None) -> None:
     driver = engine.driver
-    xml = params.get("persistent_xml")
     if not xml:
         if obj.live is None:
             raise InvalidArgError("no persistent definition to keep")
@@ -145,11 +141,10 @@ def _persist(engine: MigrationEngine, obj: DomainObj, params: dict[str, Any]) ->
     driver.runner.emit(obj, LifecycleEvent.DEFINED, detail)
 
 
-async def _finish_offline(engine: MigrationEngine, obj: DomainObj, flags: int,
-                          params: dict[str, Any]) -> DomainObj:
-    if flags & MigrateFlags.PERSIST_DEST:
-        _persist(engine, obj, {"persistent_xml": params.get("persistent_xml")
-                               or params.get("destination_xml")})
+async def _finish_offline(engine: MigrationEngine, obj: DomainObj,
+                          request: MigrationRequest) -> DomainObj:
+    if request.persist_dest:
+        _persist(engine, obj, request.persistent_xml or request.destination_xml)
     return obj
 
 

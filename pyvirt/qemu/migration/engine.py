@@ -7,16 +7,19 @@ QMP ``MIGRATION``/``MIGRATION_PASS`` events are routed here into the domain's jo
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from pyvirt.conf.domain import DomainDef
-from pyvirt.constants import JobType
+from pyvirt.constants import JobOperation, JobType
 from pyvirt.errors import OperationFailedError, OperationInvalidError
 from pyvirt.qemu.domain_obj import DomainObj
 from pyvirt.qemu.migration import dst, p2p, qemu_ops, src
+from pyvirt.qemu.migration.cookie import CookieStatistics
 from pyvirt.qemu.migration.job import MigrationJob, job_info, job_stats
+from pyvirt.qemu.migration.params import MigrationRequest
 from pyvirt.qemu.resources import PortAllocator
 
 if TYPE_CHECKING:
@@ -41,34 +44,33 @@ class MigrationEngine:
 
     # -- phases --------------------------------------------------------------------------
 
-    async def begin(self, obj: DomainObj, flags: int,
-                    params: dict[str, Any]) -> tuple[bytes, str]:
-        return await src.begin(self, obj, flags, params)
+    async def begin(self, obj: DomainObj, request: MigrationRequest) -> tuple[bytes, str]:
+        return await src.begin(self, obj, request)
 
-    async def prepare(self, client_id: int | None, flags: int, params: dict[str, Any],
+    async def prepare(self, client_id: int | None, request: MigrationRequest,
                       cookie: bytes) -> tuple[bytes, str | None]:
-        return await dst.prepare(self, client_id, flags, params, cookie)
+        return await dst.prepare(self, client_id, request, cookie)
 
-    async def perform(self, obj: DomainObj, dconnuri: str | None, flags: int,
-                      params: dict[str, Any], cookie: bytes) -> bytes:
-        from pyvirt.constants import MigrateFlags
-
-        if flags & MigrateFlags.PEER2PEER:
+    async def perform(self, obj: DomainObj, dconnuri: str | None, request: MigrationRequest,
+                      cookie: bytes) -> bytes:
+        if request.peer2peer:
             if not dconnuri:
                 raise OperationInvalidError("peer-to-peer migration needs a destination URI")
-            await p2p.perform(self, obj, dconnuri, flags, params)
-            self._remember_completed(obj)
+            await p2p.perform(self, obj, dconnuri, request)
             return b""
-        cookie_out = await src.perform(self, obj, flags, params)
-        return cookie_out
+        if request.direct:
+            await src.perform_direct(self, obj, request)
+            return b""
+        return await src.perform(self, obj, request)
 
-    async def finish(self, flags: int, params: dict[str, Any], cookie: bytes,
+    async def finish(self, request: MigrationRequest, cookie: bytes,
                      cancelled: bool) -> tuple[DomainObj | None, bytes]:
-        return await dst.finish(self, flags, params, cookie, cancelled)
+        return await dst.finish(self, request, cookie, cancelled)
 
-    async def confirm(self, obj: DomainObj, flags: int, cancelled: bool) -> None:
-        self._remember_completed(obj)
-        await src.confirm(self, obj, flags, cancelled)
+    async def confirm(self, obj: DomainObj, request: MigrationRequest, cancelled: bool) -> None:
+        if not cancelled:
+            self.remember_outgoing(obj)
+        await src.confirm(self, obj, request, cancelled)
 
     # -- bookkeeping ---------------------------------------------------------------------
 
@@ -121,11 +123,22 @@ class MigrationEngine:
         elif name == "MIGRATION_PASS":
             job.iteration = int(data.get("pass", 0))
 
-    def _remember_completed(self, obj: DomainObj) -> None:
+    def remember_outgoing(self, obj: DomainObj) -> None:
+        """Keep the finished job's statistics for ``domjobinfo --completed``."""
         job = obj.migration
         if job is not None and job.outgoing and job.info:
             stats = job_stats(job, completed=True)
             self.completed[obj.uuid] = {"type": JobType.COMPLETED, **stats}
+
+    def remember_incoming(self, obj: DomainObj, statistics: CookieStatistics) -> None:
+        """The destination learns the job's statistics from the source's cookie."""
+        stats = {k: v for k, v in dataclasses.asdict(statistics).items() if v is not None}
+        stats.pop("started", None)
+        stats.pop("stopped", None)
+        stats.pop("sent", None)
+        stats.pop("delta", None)
+        self.completed[obj.uuid] = {"type": JobType.COMPLETED,
+                                    "operation": int(JobOperation.MIGRATION_IN), **stats}
 
     # -- queries and tuning ----------------------------------------------------------------
 

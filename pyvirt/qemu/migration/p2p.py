@@ -13,13 +13,16 @@ so the guest ends running on exactly one host whatever fails.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from pyvirt.client.aio import AsyncConnection
 from pyvirt.constants import MigrateFlags
 from pyvirt.errors import OperationFailedError, VirtError
 from pyvirt.qemu.domain_obj import DomainObj
 from pyvirt.qemu.migration import src
+from pyvirt.qemu.migration.cookie_io import make_cookie
+from pyvirt.qemu.migration.params import MigrationRequest
+from pyvirt.rpc.remote_types import TypedParam
 
 if TYPE_CHECKING:
     from pyvirt.qemu.migration.engine import MigrationEngine
@@ -27,21 +30,18 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 FEATURE_P2P, FEATURE_V3, FEATURE_PARAMS = 4, 6, 13
-#: flags that only concern the source; the destination does not see them
-_SOURCE_ONLY = MigrateFlags.ABORT_ON_ERROR | MigrateFlags.AUTO_CONVERGE \
-    | MigrateFlags.CHANGE_PROTECTION
 
 
-async def perform(engine: MigrationEngine, obj: DomainObj, dconnuri: str, flags: int,
-                  params: dict[str, Any]) -> None:
-    cookie, xml = await src.begin(engine, obj, flags, params)
+async def perform(engine: MigrationEngine, obj: DomainObj, dconnuri: str,
+                  request: MigrationRequest) -> None:
+    cookie, xml = await src.begin(engine, obj, request)
     try:
         dconn = await _connect(engine, dconnuri)
     except BaseException:
         obj.migration = None
         raise
     try:
-        await _run_phases(engine, obj, dconn, cookie, xml, flags, params)
+        await _run_phases(engine, obj, dconn, cookie, xml, request)
     finally:
         await dconn.close()
 
@@ -63,34 +63,38 @@ async def _connect(engine: MigrationEngine, dconnuri: str) -> AsyncConnection:
 
 
 async def _run_phases(engine: MigrationEngine, obj: DomainObj, dconn: AsyncConnection,
-                      cookie: bytes, xml: str, flags: int, params: dict[str, Any]) -> None:
-    dflags = flags & ~_SOURCE_ONLY
-    dparams = {k: v for k, v in params.items() if k != "migrate_uri"}
-    dparams["destination_xml"] = xml
+                      cookie: bytes, xml: str, request: MigrationRequest) -> None:
+    dflags = int(request.destination_flags) & ~int(MigrateFlags.CHANGE_PROTECTION)
+    dparams: list[TypedParam] = [p for p in request.destination_params()
+                                 if p.field not in ("migrate_uri", "destination_xml")]
+    dparams.append(TypedParam.of_string("destination_xml", xml))
     try:
         _, uri_out = await dconn.migrate_prepare3_params(dparams, cookie, dflags)
     except BaseException:
-        await src.confirm(engine, obj, flags, cancelled=True)
+        await src.confirm(engine, obj, request, cancelled=True)
         raise
     failure: BaseException | None = None
-    if not flags & MigrateFlags.OFFLINE:
-        uri = str(params.get("migrate_uri") or uri_out)
+    if not request.offline:
+        uri = request.migrate_uri or uri_out or ""
         assert obj.migration is not None
         try:
-            await src.perform_native(engine, obj, obj.migration, uri, flags, params)
+            await src.perform_native(engine, obj, obj.migration, uri, request)
         except BaseException as exc:  # finish the protocol, then report this error
             failure = exc
-    finished = await _finish(dconn, dparams, cookie, dflags, failure is not None)
-    await src.confirm(engine, obj, flags, cancelled=failure is not None or not finished)
+    stats = src.statistics(obj.migration) if obj.migration is not None else None
+    perform_cookie = make_cookie(engine.driver, obj.name, obj.uuid, stats)
+    engine.remember_outgoing(obj)
+    finished = await _finish(dconn, dparams, perform_cookie, dflags, failure is not None)
+    await src.confirm(engine, obj, request, cancelled=failure is not None or not finished)
     if failure is not None:
         raise failure
     if not finished:
         raise OperationFailedError("migration failed on the destination during Finish")
 
 
-async def _finish(dconn: AsyncConnection, dparams: dict[str, Any], cookie: bytes, dflags: int,
-                  cancelled: bool) -> bool:
-    fparams = {k: v for k, v in dparams.items() if k != "listen_address"}
+async def _finish(dconn: AsyncConnection, dparams: list[TypedParam], cookie: bytes,
+                  dflags: int, cancelled: bool) -> bool:
+    fparams = [p for p in dparams if p.field != "listen_address"]
     try:
         dom, _ = await dconn.migrate_finish3_params(fparams, cookie, dflags, cancelled)
     except VirtError as exc:

@@ -481,9 +481,8 @@ _Rule = tuple[Callable[[MigrateFlags, _Values, tuple[str, ...]], bool], Callable
 
 #: (condition, error) in the order libvirt checks them; the first match is reported
 FLAG_RULES: tuple[_Rule, ...] = (
-    (lambda f, v, c: _F.TUNNELLED in f and _F.PEER2PEER not in f,
-     lambda: OperationInvalidError(
-         "cannot perform tunnelled migration without using peer2peer flag")),
+    (lambda f, v, c: _F.TUNNELLED in f and _F.PEER2PEER not in f,  # virDomainMigrate3's code
+     lambda: InvalidArgError("cannot perform tunnelled migration without using peer2peer flag")),
     (lambda f, v, c: _F.TUNNELLED in f and _F.PARALLEL in f,
      lambda: InvalidArgError(
          "Flags 'VIR_MIGRATE_TUNNELLED' and 'VIR_MIGRATE_PARALLEL' are mutually exclusive")),

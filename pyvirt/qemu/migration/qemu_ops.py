@@ -10,7 +10,9 @@ import logging
 from typing import Any
 
 from pyvirt.errors import OperationAbortedError, OperationFailedError
+from pyvirt.qemu.migration.capabilities import plan
 from pyvirt.qemu.migration.job import MigrationJob
+from pyvirt.qemu.migration.params import MigrationRequest, Side
 from pyvirt.qemu.monitor import Monitor
 
 log = logging.getLogger(__name__)
@@ -21,13 +23,19 @@ FINAL_STATES = frozenset({"completed", "failed", "cancelled"})
 TICK_S = 0.5
 
 
-async def apply_setup(monitor: Monitor, capabilities: dict[str, bool],
-                      parameters: dict[str, Any]) -> None:
-    if capabilities:
-        caps = [{"capability": name, "state": state} for name, state in capabilities.items()]
-        await monitor.execute("migrate-set-capabilities", {"capabilities": caps})
-    if parameters:
-        await monitor.execute("migrate-set-parameters", parameters)
+async def apply_plan(monitor: Monitor, request: MigrationRequest, side: Side,
+                     max_speed_mib: int | None = None) -> None:
+    """Program this QEMU's migration capabilities and parameters for ``request``.
+
+    The plan is checked against what this QEMU offers before anything is set, so an
+    option it cannot do fails before anything moves.
+    """
+    caps = await monitor.execute("query-migrate-capabilities")
+    params = await monitor.execute("query-migrate-parameters")
+    setup = plan(request, side, {c["capability"] for c in caps}, set(params),
+                 max_speed_mib=max_speed_mib)
+    for command, args in setup.qmp_commands():
+        await monitor.execute(command, args)
 
 
 async def refresh(monitor: Monitor, job: MigrationJob) -> dict[str, Any]:

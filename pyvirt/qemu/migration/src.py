@@ -11,9 +11,10 @@ migration and resumes the guest where it was. Confirm either kills the source QE
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from pyvirt.conf.domain import DiskDef
 from pyvirt.conf.domain_format import format_domain_xml
@@ -31,9 +32,11 @@ from pyvirt.constants import (
 from pyvirt.errors import MigrateUnsafeError, OperationInvalidError, VirtError
 from pyvirt.qemu.domain_obj import DomainObj
 from pyvirt.qemu.migration import qemu_ops
+from pyvirt.qemu.migration.abi import check_abi_stable
+from pyvirt.qemu.migration.cookie import CookieStatistics
 from pyvirt.qemu.migration.cookie_io import make_cookie
-from pyvirt.qemu.migration.job import MigrationJob, Phase
-from pyvirt.qemu.migration.setup import source_setup
+from pyvirt.qemu.migration.job import MigrationJob, Phase, job_stats
+from pyvirt.qemu.migration.params import MigrationRequest, Side
 
 if TYPE_CHECKING:
     from pyvirt.qemu.migration.engine import MigrationEngine
@@ -43,9 +46,9 @@ log = logging.getLogger(__name__)
 _SAFE_CACHE = frozenset({"none", "directsync"})
 
 
-async def begin(engine: MigrationEngine, obj: DomainObj, flags: int,
-                params: dict[str, Any]) -> tuple[bytes, str]:
-    offline = bool(flags & MigrateFlags.OFFLINE)
+async def begin(engine: MigrationEngine, obj: DomainObj,
+                request: MigrationRequest) -> tuple[bytes, str]:
+    offline = request.offline
     if offline:
         if not obj.persistent:
             raise OperationInvalidError("cannot migrate a transient domain offline")
@@ -54,13 +57,13 @@ async def begin(engine: MigrationEngine, obj: DomainObj, flags: int,
     if obj.migration is not None:
         raise OperationInvalidError(
             f"another migration job is already running for domain '{obj.name}'")
-    if not offline and not flags & MigrateFlags.UNSAFE:
+    if not offline and not request.has(MigrateFlags.UNSAFE):
         check_safe_storage(engine, obj)
-    xml = destination_xml(obj, params, offline)
+    xml = destination_xml(engine, obj, request)
     if not offline:
-        obj.migration = MigrationJob(JobOperation.MIGRATION_OUT, flags, Phase.BEGIN3,
+        obj.migration = MigrationJob(JobOperation.MIGRATION_OUT, request.flags, Phase.BEGIN3,
                                      was_running=obj.state == DomainState.RUNNING)
-    return make_cookie(engine.driver, obj.name, obj.uuid).to_bytes(), xml
+    return make_cookie(engine.driver, obj.name, obj.uuid), xml
 
 
 def check_safe_storage(engine: MigrationEngine, obj: DomainObj) -> None:
@@ -82,35 +85,64 @@ def _on_shared_fs(disk: DiskDef, shared: tuple[str, ...]) -> bool:
                for root in (os.path.realpath(r) for r in shared))
 
 
-def destination_xml(obj: DomainObj, params: dict[str, Any], offline: bool) -> str:
-    definition = obj.config if offline and obj.config is not None else obj.current
+def destination_xml(engine: MigrationEngine, obj: DomainObj,
+                    request: MigrationRequest) -> str:
+    """The definition the destination runs: ours, or the user's host-side variant (--xml)."""
+    definition = obj.config if request.offline and obj.config is not None else obj.current
+    if request.destination_xml:
+        given = engine.driver.parse(request.destination_xml)
+        check_abi_stable(definition, given)
+        definition = given
     return format_domain_xml(definition, migratable=True)
 
 
-async def perform(engine: MigrationEngine, obj: DomainObj, flags: int,
-                  params: dict[str, Any]) -> bytes:
+async def perform(engine: MigrationEngine, obj: DomainObj, request: MigrationRequest) -> bytes:
     """Normal (client-driven) Perform: migrate to the URI the destination prepared."""
     job = _job_of(obj)
-    if flags & MigrateFlags.OFFLINE:
-        return make_cookie(engine.driver, obj.name, obj.uuid).to_bytes()
-    uri = params.get("migrate_uri")
-    if not uri:
+    if request.offline:
+        return make_cookie(engine.driver, obj.name, obj.uuid)
+    if not request.migrate_uri:
+        obj.migration = None
         raise VirtError("invalid argument: migrate_uri is required", code=8)
     try:
-        await perform_native(engine, obj, job, str(uri), flags, params)
+        await perform_native(engine, obj, job, request.migrate_uri, request)
     except BaseException:
         obj.migration = None
         raise
-    return make_cookie(engine.driver, obj.name, obj.uuid).to_bytes()
+    return make_cookie(engine.driver, obj.name, obj.uuid, statistics(job))
+
+
+async def perform_direct(engine: MigrationEngine, obj: DomainObj,
+                         request: MigrationRequest) -> None:
+    """pyvirt's --direct: straight to a QEMU listening at ``migrate_uri``, no peer daemon.
+
+    On success the source ends shut off (migrated), as after Confirm; the destination QEMU
+    belongs to whoever started it.
+    """
+    await begin(engine, obj, request)
+    job = _job_of(obj)
+    assert request.migrate_uri is not None  # parse_request requires it for direct
+    try:
+        await perform_native(engine, obj, job, request.migrate_uri, request)
+    except BaseException:
+        obj.migration = None
+        raise
+    engine.remember_outgoing(obj)
+    await confirm(engine, obj, request, cancelled=False)
+
+
+def statistics(job: MigrationJob) -> CookieStatistics:
+    stats = job_stats(job, completed=True)
+    known = {f.name for f in dataclasses.fields(CookieStatistics)}
+    return CookieStatistics(**{k: v for k, v in stats.items() if k in known})
 
 
 async def perform_native(engine: MigrationEngine, obj: DomainObj, job: MigrationJob,
-                         uri: str, flags: int, params: dict[str, Any]) -> None:
+                         uri: str, request: MigrationRequest) -> None:
     job.set_phase(Phase.PERFORM3)
     monitor = engine.driver.runner.monitor(obj)
-    caps, qemu_params = source_setup(flags, params, obj.migrate_max_speed_mib)
     try:
-        await qemu_ops.apply_setup(monitor, caps, qemu_params)
+        await qemu_ops.apply_plan(monitor, request, Side.SOURCE, obj.migrate_max_speed_mib)
         obj.pending_pause_reason = PausedReason.MIGRATION
         await monitor.execute("migrate", {"uri": qemu_uri(uri)})
         await qemu_ops.wait_final(monitor, job, on_tick=engine.tick_for(obj, job))
@@ -145,10 +177,10 @@ async def restore_source(engine: MigrationEngine, obj: DomainObj, job: Migration
     engine.driver.runner.save_status(obj)
 
 
-async def confirm(engine: MigrationEngine, obj: DomainObj, flags: int,
+async def confirm(engine: MigrationEngine, obj: DomainObj, request: MigrationRequest,
                   cancelled: bool) -> None:
-    if flags & MigrateFlags.OFFLINE:
-        if not cancelled and flags & MigrateFlags.UNDEFINE_SOURCE:
+    if request.offline:
+        if not cancelled and request.undefine_source:
             _undefine(engine, obj)
         return
     job = _job_of(obj)
@@ -159,7 +191,7 @@ async def confirm(engine: MigrationEngine, obj: DomainObj, flags: int,
             return
         await engine.driver.runner.stop(obj, ShutoffReason.MIGRATED,
                                         EventStoppedDetail.MIGRATED)
-        if flags & MigrateFlags.UNDEFINE_SOURCE:
+        if request.undefine_source:
             _undefine(engine, obj)
     finally:
         obj.migration = None
