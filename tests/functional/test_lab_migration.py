@@ -333,3 +333,35 @@ def test_unsafe_local_disk_refused(hosts: list[LabHost], tmp_path: Path) -> None
     assert virsh(src.uri, "domstate", "m-disk")[1] == "running\n\n"
     _cleanup(src, "m-disk")
     run(host_exec_argv(src, ["rm", "-f", str(image)]))
+
+
+def test_tuning_commands_reach_qemu(hosts: list[LabHost], tmp_path: Path) -> None:
+    # Checks: migrate-setmaxdowntime / -compcache change QEMU's own parameters (read back
+    # from QEMU by the get commands); migrate-setspeed is kept for the next migration.
+    src = hosts[0]
+    _start_guest(src, "m-tune", tmp_path)
+    assert virsh(src.uri, "migrate-getmaxdowntime", "m-tune")[1] == "300\n\n"  # QEMU's
+    assert virsh(src.uri, "migrate-setmaxdowntime", "m-tune", "1234")[0] == 0
+    assert virsh(src.uri, "migrate-getmaxdowntime", "m-tune")[1] == "1234\n\n"
+    assert virsh(src.uri, "migrate-compcache", "m-tune", "--size", "1048576")[0] == 0
+    rc, out, _ = virsh(src.uri, "migrate-compcache", "m-tune")
+    assert rc == 0 and "1.000 MiB" in out, out
+    assert virsh(src.uri, "migrate-getspeed", "m-tune")[1] == "8796093022207\n\n"
+    assert virsh(src.uri, "migrate-setspeed", "m-tune", "5")[0] == 0
+    assert virsh(src.uri, "migrate-getspeed", "m-tune")[1] == "5\n\n"
+    _cleanup(src, "m-tune")
+
+
+def test_bandwidth_limits_the_transfer(hosts: list[LabHost], tmp_path: Path) -> None:
+    # Checks: --bandwidth 1 reaches QEMU: the job's measured bandwidth stays near 1 MiB/s.
+    src, dst = hosts
+    thread = _slow_migration(src, dst, "m-bw", tmp_path)
+    time.sleep(2)
+    out = virsh(src.uri, "domjobinfo", "m-bw")[1]
+    line = next(ln for ln in out.splitlines() if ln.startswith("Memory bandwidth:"))
+    value, unit = line.split()[2], line.split()[3]
+    assert unit in ("KiB/s", "MiB/s") and (unit == "KiB/s" or float(value) < 2.5), line
+    assert virsh(src.uri, "domjobabort", "m-bw")[0] == 0
+    thread.join(120)
+    _assert_still_on_source(src, dst, "m-bw")
+    _cleanup(src, "m-bw")
