@@ -34,6 +34,7 @@ from pyvirt.qemu.domain_obj import DomainObj
 from pyvirt.qemu.events import EventBus
 from pyvirt.qemu.lifecycle import DomainRunner
 from pyvirt.qemu.migration.engine import MigrationEngine
+from pyvirt.qemu.migration.recovery import recover_all
 from pyvirt.qemu.settings import DriverSettings
 from pyvirt.qemu.store import NamedFileStore
 
@@ -63,6 +64,7 @@ class QemuDriver:
                                     autostart=self.autostart_store.exists(name)))
         for name in self.runner.status_store.names():
             await self._reattach(name)
+        await recover_all(self.migration)
         if autostart:
             await self._autostart_all()
 

@@ -3,17 +3,49 @@
 
 It answers ``--version`` and ``-machine help`` like QEMU 10, and otherwise serves QMP on
 the monitor socket named in its command line (``-chardev socket,id=charmonitor,path=P``).
-Behaviour is steered by the ``FAKE_QEMU_FAULTS`` environment variable (JSON):
+Behaviour is steered by the ``FAKE_QEMU_FAULTS`` environment variable (JSON), merged with
+the JSON file named by ``FAKE_QEMU_FAULTS_FILE`` (read at start, so a test can change what
+the next QEMU a daemon starts does):
 
 - ``exit_before_monitor``: exit with this code before the monitor listens (start failure)
 - ``fail_commands``: {command: description} answered with a GenericError
 - ``ignore_sigterm``: keep running on SIGTERM (forces the driver's SIGKILL fallback)
 - ``ignore_powerdown``: ``system_powerdown`` does nothing (a guest without ACPI support)
 - ``delay_commands``: {command: seconds} before answering (a slow QEMU)
+- migration: ``ram_bytes``, ``migrate_duration_s``, ``migrate_fail_after_s``,
+  ``incoming_die_after_bytes`` (below)
 
 and by a control socket (``FAKE_QEMU_CONTROL`` = path prefix; the fake listens on
 ``PREFIX.<uuid>``) that accepts JSON lines ``{"emit": NAME, "data": {...}}`` or
 ``{"exit": CODE}`` so tests can inject guest events at a chosen moment.
+
+Migration model (QEMU 10's QMP surface, a toy stream)::
+
+    source                                        destination (-incoming defer | tcp:H:P)
+    migrate {"uri": "tcp:H:P"}                    migrate-incoming {"uri": "tcp:H:P"}: listen
+      setup ─ connect ───────────────────────────► accept, stop listening     setup → active
+      MIGRATION_PASS 1, active
+      "QEVM {header}\\n"  (caps, multifd settings) ► header checked (multifd must match)
+      "D...\\n" x chunks  paced by max-bandwidth ───► bytes counted
+      STOP (runstate finish-migrate), PASS 2
+      "E\\n" ─────────────────────────────────────► completed; runstate paused (or running
+      ◄──────────────────────────── "OK\\n"           without -S, RESUME)
+      completed; runstate postmigrate
+
+Each 256 KiB of *virtual* guest RAM travels as one 1 KiB line, so 64 MiB cost 256 KiB.
+``MIGRATION`` events are sent only when the ``events`` capability is on (as in QEMU).
+``migrate_cancel`` or a failure leaves the guest running (QEMU restarts a guest it stopped
+for the switchover; one paused before the migration stays paused). A destination whose
+stream breaks reports ``failed`` and exits 1, as QEMU's "load of migration failed" does. Migration faults:
+
+- ``ram_bytes``: guest RAM to send (default: ``-m``, else 64 MiB)
+- ``migrate_duration_s``: pace the copy so it takes at least this long
+- ``migrate_fail_after_s``: the source reports ``failed`` (with ``error-desc``) then
+- ``incoming_die_after_bytes``: the destination SIGKILLs itself after so many RAM bytes
+
+Every command but queries is appended to the JSON-lines journal ``FAKE_QEMU_JOURNAL``
+(``{"t", "pid", "name", "uuid", "incoming", "cmd", "args"}``), so tests can assert exactly
+what each side set.
 
 Standard library only: it runs under whatever python3 the clean QEMU environment finds.
 """
@@ -21,6 +53,7 @@ Standard library only: it runs under whatever python3 the clean QEMU environment
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -35,15 +68,46 @@ q35                  Standard PC (Q35 + ICH9, 2009) (alias of pc-q35-10.0)
 pc-q35-10.0          Standard PC (Q35 + ICH9, 2009)
 """
 
+#: QEMU 10.0.2's migration capabilities (reference/migration.md section 0)
+CAPABILITIES = (
+    "xbzrle", "rdma-pin-all", "auto-converge", "zero-blocks", "events", "postcopy-ram",
+    "x-colo", "release-ram", "return-path", "pause-before-switchover", "multifd",
+    "dirty-bitmaps", "postcopy-blocktime", "late-block-activate", "x-ignore-shared",
+    "validate-uuid", "background-snapshot", "zero-copy-send", "postcopy-preempt",
+    "switchover-ack", "dirty-limit", "mapped-ram",
+)
+MIB = 1024 * 1024
+#: QEMU 10.0.2's migration parameter defaults
+PARAMETERS: dict[str, Any] = {
+    "announce-initial": 50, "announce-max": 550, "announce-rounds": 5, "announce-step": 100,
+    "downtime-limit": 300, "max-bandwidth": 128 * MIB, "avail-switchover-bandwidth": 0,
+    "xbzrle-cache-size": 64 * MIB, "multifd-channels": 2, "multifd-compression": "none",
+    "multifd-zlib-level": 1, "multifd-zstd-level": 1, "zero-page-detection": "multifd",
+    "cpu-throttle-initial": 20, "cpu-throttle-increment": 10, "cpu-throttle-tailslow": False,
+    "max-cpu-throttle": 99, "throttle-trigger-threshold": 50, "vcpu-dirty-limit": 1,
+    "x-vcpu-dirty-limit-period": 1000, "max-postcopy-bandwidth": 0, "mode": "normal",
+    "direct-io": False, "tls-creds": "", "tls-hostname": "", "tls-authz": "",
+}
+#: what must agree on both ends or the stream is unreadable
+MULTIFD_KEYS = ("multifd-channels", "multifd-compression")
+CHUNK = 256 * 1024  # virtual bytes per stream line
+SCALE = 256  # virtual bytes per real byte
+ACTIVE = frozenset({"setup", "active", "postcopy-active", "device", "cancelling"})
+
 
 class FakeQemu:
     def __init__(self, argv: list[str], faults: dict[str, Any]) -> None:
         self.argv = argv
         self.faults = faults
-        self.status = "prelaunch" if "-S" in argv else "running"
+        self.incoming = self.option("-incoming")
+        self.status = "inmigrate" if self.incoming else \
+            "prelaunch" if "-S" in argv else "running"
         self.writers: list[asyncio.StreamWriter] = []
         self.done = asyncio.Event()
         self.exit_code = 0
+        self.caps = dict.fromkeys(CAPABILITIES, False)
+        self.params = dict(PARAMETERS)
+        self.mig = Migration(self)
 
     def option(self, name: str) -> str | None:
         return self.argv[self.argv.index(name) + 1] if name in self.argv else None
@@ -56,6 +120,18 @@ class FakeQemu:
                         return part[5:]
         raise SystemExit("fake qemu: no monitor chardev")
 
+    def guest_name(self) -> str:
+        return (self.option("-name") or "").split(",")[0].removeprefix("guest=")
+
+    def ram_bytes(self) -> int:
+        if "ram_bytes" in self.faults:
+            return int(self.faults["ram_bytes"])
+        size = (self.option("-m") or "").split(",")[0].removeprefix("size=")
+        units = {"k": 1024, "M": MIB, "G": 1024 * MIB}
+        if size[-1:] in units:
+            return int(size[:-1]) * units[size[-1]]
+        return int(size) * MIB if size.isdigit() else 64 * MIB
+
     def emit(self, name: str, data: dict[str, Any] | None = None) -> None:
         now = time.time()
         event = {"event": name, "data": data or {},
@@ -64,17 +140,38 @@ class FakeQemu:
         for writer in list(self.writers):
             writer.write(line)
 
+    def set_runstate(self, status: str) -> None:
+        """Change the run state with QEMU's STOP/RESUME events."""
+        was_running, self.status = self.status == "running", status
+        if was_running and status != "running":
+            self.emit("STOP")
+        elif not was_running and status == "running":
+            self.emit("RESUME")
+
     def quit(self, code: int = 0) -> None:
         self.exit_code = code
         self.done.set()
 
+    def journal(self, name: str, args: dict[str, Any]) -> None:
+        path = os.environ.get("FAKE_QEMU_JOURNAL")
+        if not path or name.startswith("query-") or name == "qmp_capabilities":
+            return
+        entry = {"t": time.time(), "pid": os.getpid(), "name": self.guest_name(),
+                 "uuid": self.option("-uuid"), "incoming": bool(self.incoming),
+                 "cmd": name, "args": args}
+        with open(path, "a") as handle:
+            handle.write(json.dumps(entry) + "\n")
+
     # -- QMP commands ------------------------------------------------------------------
 
     def command(self, name: str, args: dict[str, Any]) -> Any:
+        self.journal(name, args)
         failure = self.faults.get("fail_commands", {}).get(name)
         if failure:
             raise CommandError(failure)
         handler = getattr(self, "cmd_" + name.replace("-", "_"), None)
+        if handler is None:
+            handler = getattr(self.mig, "cmd_" + name.replace("-", "_"), None)
         if handler is None:
             raise CommandError(f"The command {name} has not been found", "CommandNotFound")
         return handler(args)
@@ -86,15 +183,15 @@ class FakeQemu:
         return {"status": self.status, "running": self.status == "running"}
 
     def cmd_cont(self, args: dict[str, Any]) -> Any:
-        if self.status != "running":
-            self.status = "running"
-            self.emit("RESUME")
+        if self.status == "inmigrate":
+            self.mig.autostart = True  # QEMU: resume once the incoming migration completes
+        elif self.status != "running":
+            self.set_runstate("running")
         return {}
 
     def cmd_stop(self, args: dict[str, Any]) -> Any:
         if self.status == "running":
-            self.status = "paused"
-            self.emit("STOP")
+            self.set_runstate("paused")
         return {}
 
     def cmd_system_powerdown(self, args: dict[str, Any]) -> Any:
@@ -136,6 +233,261 @@ class CommandError(Exception):
         self.klass = klass
 
 
+class Migration:
+    """One QEMU's migration state: the QMP commands and both ends of the toy stream."""
+
+    def __init__(self, vm: FakeQemu) -> None:
+        self.vm = vm
+        self.status = "none"
+        self.error = ""
+        self.sent = self.passes = 0
+        self.started = self.setup_done = self.ended = self.stopped_at = 0.0
+        self.autostart = "-S" not in vm.argv
+        self.was_running = False
+        self.task: asyncio.Task[None] | None = None
+        self.server: asyncio.AbstractServer | None = None
+
+    def set_status(self, status: str, error: str = "") -> None:
+        self.status, self.error = status, error or self.error
+        if status in ("completed", "failed", "cancelled"):
+            self.ended = time.monotonic()
+        if self.vm.caps["events"]:
+            self.vm.emit("MIGRATION", {"status": status})
+
+    def pass_done(self) -> None:
+        self.passes += 1
+        if self.vm.caps["events"]:
+            self.vm.emit("MIGRATION_PASS", {"pass": self.passes})
+
+    # -- configuration ---------------------------------------------------------------
+
+    def cmd_query_migrate_capabilities(self, args: dict[str, Any]) -> Any:
+        return [{"capability": n, "state": s} for n, s in self.vm.caps.items()]
+
+    def cmd_query_migrate_parameters(self, args: dict[str, Any]) -> Any:
+        return dict(self.vm.params)
+
+    def cmd_migrate_set_capabilities(self, args: dict[str, Any]) -> Any:
+        if self.status in ACTIVE:
+            raise CommandError("There's a migration process in progress")
+        new = dict(self.vm.caps)
+        for item in args.get("capabilities", []):
+            if item["capability"] not in new:
+                raise CommandError(f"Parameter 'capability' does not accept value "
+                                   f"'{item['capability']}'")
+            new[item["capability"]] = bool(item["state"])
+        if new["postcopy-ram"] and new["multifd"]:
+            raise CommandError("Postcopy is not yet compatible with multifd")
+        self.vm.caps = new
+        return {}
+
+    def cmd_migrate_set_parameters(self, args: dict[str, Any]) -> Any:
+        for key, value in args.items():
+            if key not in PARAMETERS:
+                raise CommandError(f"Parameter '{key}' is unexpected")
+            if type(value) is not type(PARAMETERS[key]):
+                raise CommandError(f"Invalid parameter type for '{key}'")
+        self.vm.params.update(args)
+        return {}
+
+    # -- queries and control ---------------------------------------------------------
+
+    def cmd_query_migrate(self, args: dict[str, Any]) -> Any:
+        info: dict[str, Any] = {"status": self.status}
+        if self.status == "none" or self.vm.incoming:
+            return info
+        now = self.ended or time.monotonic()
+        elapsed = max(now - self.started, 1e-3)
+        total = self.vm.ram_bytes()
+        info["total-time"] = int(elapsed * 1000)
+        info["setup-time"] = int(max(self.setup_done - self.started, 0) * 1000)
+        info["ram"] = {
+            "total": total, "transferred": self.sent, "remaining": max(total - self.sent, 0),
+            "duplicate": 0, "normal": self.sent // 4096, "normal-bytes": self.sent,
+            "mbps": round(self.sent * 8 / elapsed / 1e6, 3), "dirty-sync-count": self.passes,
+            "page-size": 4096, "dirty-pages-rate": 0, "postcopy-requests": 0,
+        }
+        if self.status == "completed":
+            info["downtime"] = int((self.ended - (self.stopped_at or self.ended)) * 1000) + 1
+        else:
+            info["expected-downtime"] = self.vm.params["downtime-limit"]
+        if self.vm.caps["xbzrle"]:
+            info["xbzrle-cache"] = {"cache-size": self.vm.params["xbzrle-cache-size"],
+                                    "bytes": 0, "pages": 0, "cache-miss": 0,
+                                    "cache-miss-rate": 0.0, "encoding-rate": 0.0,
+                                    "overflow": 0}
+        if self.vm.caps["auto-converge"] and self.status == "active":
+            info["cpu-throttle-percentage"] = self.vm.params["cpu-throttle-initial"]
+        if self.error:
+            info["error-desc"] = self.error
+        return info
+
+    def cmd_migrate_cancel(self, args: dict[str, Any]) -> Any:
+        if self.status in ("setup", "active") and self.task is not None:
+            self.set_status("cancelling")
+            self.task.cancel()
+        return {}
+
+    def cmd_migrate_start_postcopy(self, args: dict[str, Any]) -> Any:
+        if not self.vm.caps["postcopy-ram"]:
+            raise CommandError("Enable postcopy with migrate_set_capability before the "
+                               "start of migration")
+        return {}
+
+    # -- source ----------------------------------------------------------------------
+
+    def cmd_migrate(self, args: dict[str, Any]) -> Any:
+        if self.vm.incoming:
+            raise CommandError("Guest is waiting for an incoming migration")
+        if self.status in ACTIVE:
+            raise CommandError("There's a migration process in progress")
+        host, port = parse_tcp(args.get("uri", ""))
+        self.sent = self.passes = 0
+        self.error, self.ended, self.stopped_at = "", 0.0, 0.0
+        self.started = time.monotonic()
+        self.was_running = self.vm.status == "running"
+        self.set_status("setup")
+        self.task = asyncio.get_running_loop().create_task(self._outgoing(host, port))
+        return {}
+
+    async def _outgoing(self, host: str, port: int) -> None:
+        writer = None
+        try:
+            try:
+                reader, writer = await asyncio.open_connection(host, port)
+            except OSError as exc:
+                raise StreamError(f"Failed to connect to '{host}:{port}': {exc.strerror}") \
+                    from exc
+            self.setup_done = time.monotonic()
+            self.pass_done()
+            self.set_status("active")
+            header = {"caps": [c for c, on in self.vm.caps.items() if on],
+                      **{k: self.vm.params[k] for k in MULTIFD_KEYS}}
+            writer.write(b"QEVM " + json.dumps(header).encode() + b"\n")
+            await self._send_ram(writer)
+            await self._switchover(reader, writer)
+        except asyncio.CancelledError:
+            self._ended_badly("cancelled")
+        except (StreamError, OSError) as exc:
+            self._ended_badly("failed", str(exc) if isinstance(exc, StreamError)
+                              else f"Unable to write to socket: {exc.strerror or exc}")
+        finally:
+            if writer is not None:
+                writer.close()
+
+    def _ended_badly(self, status: str, error: str = "") -> None:
+        """QEMU restarts a guest it stopped for the switchover (migration_iteration_finish)."""
+        self.set_status(status, error)
+        if self.vm.status == "finish-migrate":
+            self.vm.set_runstate("running" if self.was_running else "paused")
+
+    async def _send_ram(self, writer: asyncio.StreamWriter) -> None:
+        total = self.vm.ram_bytes()
+        duration = float(self.vm.faults.get("migrate_duration_s", 0))
+        fail_after = self.vm.faults.get("migrate_fail_after_s")
+        line = b"D" + b"." * (CHUNK // SCALE - 2) + b"\n"
+        while self.sent < total:
+            elapsed = time.monotonic() - self.started
+            if fail_after is not None and elapsed >= float(fail_after):
+                raise StreamError("fake qemu: injected migration failure")
+            rate = max(float(self.vm.params["max-bandwidth"]), 1.0)
+            due = self.sent / rate if duration <= 0 else max(self.sent / rate,
+                                                             duration * self.sent / total)
+            if due > elapsed:
+                await asyncio.sleep(min(due - elapsed, 0.05))
+                continue
+            writer.write(line)
+            await writer.drain()
+            self.sent += min(CHUNK, total - self.sent)
+
+    async def _switchover(self, reader: asyncio.StreamReader,
+                          writer: asyncio.StreamWriter) -> None:
+        self.stopped_at = time.monotonic()
+        if self.vm.status == "running":
+            self.vm.set_runstate("finish-migrate")
+        self.pass_done()
+        writer.write(b"E\n")
+        await writer.drain()
+        try:
+            ack = await asyncio.wait_for(reader.readline(), 10)
+        except TimeoutError:
+            ack = b""
+        if ack != b"OK\n":
+            raise StreamError("Unable to read from socket: Connection reset by peer")
+        if self.vm.status == "finish-migrate":
+            self.vm.status = "postmigrate"
+        self.set_status("completed")
+
+    # -- destination -----------------------------------------------------------------
+
+    def cmd_migrate_incoming(self, args: dict[str, Any]) -> Any:
+        if self.vm.incoming != "defer":
+            raise CommandError("'-incoming' was not specified on the command line")
+        if self.status != "none":
+            raise CommandError("The incoming migration has already been started")
+        return self.listen(args.get("uri", ""))
+
+    async def listen(self, uri: str) -> dict[str, Any]:
+        host, port = parse_tcp(uri)
+        try:
+            self.server = await asyncio.start_server(self._incoming, host.strip("[]"), port)
+        except OSError as exc:
+            raise CommandError(f"Failed to bind socket: {exc.strerror}") from exc
+        self.set_status("setup")
+        return {}
+
+    async def _incoming(self, reader: asyncio.StreamReader,
+                        writer: asyncio.StreamWriter) -> None:
+        if self.status != "setup" or self.server is None:
+            writer.close()
+            return
+        self.server.close()  # QEMU stops listening once the source is connected
+        self.set_status("active")
+        try:
+            await self._receive(reader)
+            writer.write(b"OK\n")
+            await writer.drain()
+        except (StreamError, OSError) as exc:
+            print(f"fake qemu: load of migration failed: {exc}", file=sys.stderr)
+            self.set_status("failed", str(exc))
+            asyncio.get_running_loop().call_later(0.05, self.vm.quit, 1)
+            return
+        self.set_status("completed")
+        self.vm.set_runstate("running" if self.autostart else "paused")
+
+    async def _receive(self, reader: asyncio.StreamReader) -> None:
+        header = await reader.readline()
+        if not header.startswith(b"QEVM "):
+            raise StreamError("Input/output error")
+        sent = json.loads(header[5:])
+        mine = {k: self.vm.params[k] for k in MULTIFD_KEYS}
+        multifd = "multifd" in sent["caps"]
+        if multifd != self.vm.caps["multifd"] or (
+                multifd and any(sent[k] != mine[k] for k in MULTIFD_KEYS)):
+            raise StreamError("multifd settings differ between source and destination")
+        die_after = self.vm.faults.get("incoming_die_after_bytes")
+        received = 0
+        while (line := await reader.readline()) != b"E\n":
+            if not line.endswith(b"\n"):
+                raise StreamError("Input/output error (stream ended early)")
+            received += len(line) * SCALE
+            if die_after is not None and received >= int(die_after):
+                os.kill(os.getpid(), signal.SIGKILL)
+
+
+class StreamError(Exception):
+    """A migration stream failure, worded as QEMU's error-desc."""
+
+
+def parse_tcp(uri: str) -> tuple[str, int]:
+    """``tcp:HOST:PORT`` (HOST may be ``[v6]``) → (host, port), or a QMP error."""
+    rest = uri.removeprefix("tcp:")
+    host, _, port = rest.rpartition(":")
+    if not uri.startswith("tcp:") or not host or not port.isdigit():
+        raise CommandError(f"fake qemu: unsupported migration URI '{uri}'")
+    return host.strip("[]"), int(port)
+
+
 async def serve_qmp(fake: FakeQemu, reader: asyncio.StreamReader,
                     writer: asyncio.StreamWriter) -> None:
     greeting = {"QMP": {"version": {"qemu": {"major": 10, "minor": 0, "micro": 2},
@@ -150,6 +502,8 @@ async def serve_qmp(fake: FakeQemu, reader: asyncio.StreamReader,
             reply: dict[str, Any]
             try:
                 result = fake.command(request["execute"], request.get("arguments", {}))
+                if asyncio.iscoroutine(result):
+                    result = await result
                 reply = {"return": result}
             except CommandError as exc:
                 reply = {"error": {"class": exc.klass, "desc": exc.desc}}
@@ -193,8 +547,17 @@ async def serve_control(fake: FakeQemu, reader: asyncio.StreamReader,
         await writer.drain()
 
 
+def load_faults() -> dict[str, Any]:
+    faults: dict[str, Any] = json.loads(os.environ.get("FAKE_QEMU_FAULTS", "{}"))
+    path = os.environ.get("FAKE_QEMU_FAULTS_FILE")
+    if path:
+        with contextlib.suppress(FileNotFoundError), open(path) as handle:
+            faults.update(json.load(handle))
+    return faults
+
+
 async def run(argv: list[str]) -> int:
-    faults = json.loads(os.environ.get("FAKE_QEMU_FAULTS", "{}"))
+    faults = load_faults()
     fake = FakeQemu(argv, faults)
     if "exit_before_monitor" in faults:
         print("fake qemu: injected start failure", file=sys.stderr)
@@ -209,6 +572,8 @@ async def run(argv: list[str]) -> int:
     if pidfile:
         with open(pidfile, "w") as handle:
             handle.write(f"{os.getpid()}\n")
+    if fake.incoming not in (None, "defer"):
+        await fake.mig.listen(str(fake.incoming))
     server = await asyncio.start_unix_server(
         lambda r, w: serve_qmp(fake, r, w), path=fake.monitor_path())
     control_prefix = os.environ.get("FAKE_QEMU_CONTROL")

@@ -365,3 +365,106 @@ def test_bandwidth_limits_the_transfer(hosts: list[LabHost], tmp_path: Path) -> 
     thread.join(120)
     _assert_still_on_source(src, dst, "m-bw")
     _cleanup(src, "m-bw")
+
+
+# -- daemons dying mid-migration: the journal is read back ------------------------------------
+
+def _stop_daemon(host: LabHost, sig: int = signal.SIGTERM) -> None:
+    pid = int(host.daemon_pidfile.read_text())
+    os.kill(pid, sig)
+    deadline = time.monotonic() + 20
+    while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+def _restart_daemon(host: LabHost, crash_at: str | None = None) -> None:
+    """Restart ``host``'s pyvirtd, optionally with a test crash point armed."""
+    if host.daemon_pidfile.exists():
+        _stop_daemon(host)
+    if crash_at:
+        os.environ["PYVIRT_TEST_CRASH_PHASE"] = crash_at
+    try:
+        lab_up(2)
+    finally:
+        os.environ.pop("PYVIRT_TEST_CRASH_PHASE", None)
+
+
+def _wait_daemon_gone(host: LabHost, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while host.daemon_pidfile.exists():
+        pid = int(host.daemon_pidfile.read_text() or 0)
+        if not Path(f"/proc/{pid}").exists():
+            return
+        assert time.monotonic() < deadline, "daemon did not exit"
+        time.sleep(0.1)
+
+
+def test_source_daemon_killed_during_perform(hosts: list[LabHost], tmp_path: Path) -> None:
+    # Checks: SIGKILL of the source pyvirtd mid-migration; after its restart the guest
+    # runs only on the source and the destination holds nothing.
+    src, dst = hosts
+    thread = _slow_migration(src, dst, "m-srckill", tmp_path, "--p2p")
+    _stop_daemon(src, signal.SIGKILL)
+    thread.join(120)
+    assert thread.result["r"][0] == 1  # type: ignore[attr-defined]
+    lab_up(2)
+    _assert_still_on_source(src, dst, "m-srckill")
+    _cleanup(src, "m-srckill")
+
+
+def test_destination_daemon_killed_during_perform(hosts: list[LabHost],
+                                                  tmp_path: Path) -> None:
+    # Checks: SIGKILL of the destination pyvirtd mid-migration; the source notices the dead
+    # link, cancels and keeps the guest; the restarted destination cleans up its QEMU.
+    src, dst = hosts
+    thread = _slow_migration(src, dst, "m-dstkill", tmp_path, "--p2p")
+    _stop_daemon(dst, signal.SIGKILL)
+    thread.join(120)
+    rc, _, err = thread.result["r"]  # type: ignore[attr-defined]
+    assert rc == 1, err
+    lab_up(2)
+    _assert_still_on_source(src, dst, "m-dstkill")
+    _cleanup(src, "m-dstkill")
+
+
+def test_source_daemon_dies_after_finish(hosts: list[LabHost], tmp_path: Path) -> None:
+    # Checks: the source pyvirtd dies right after journaling Confirm (the destination has
+    # finished); after restart the source QEMU is stopped, the guest runs only on the
+    # destination and its heartbeat continues there.
+    src, dst = hosts
+    _restart_daemon(src, crash_at="out:confirm3")
+    log = _start_guest(src, "m-late", tmp_path)
+    rc, _, _ = virsh(src.uri, "migrate", "--live", "--p2p", "m-late", dst.uri)
+    assert rc == 1  # the daemon vanished under virsh
+    _wait_daemon_gone(src)
+    lab_up(2)
+    assert virsh(dst.uri, "domstate", "--reason", "m-late")[1] == "running (migrated)\n\n"
+    assert virsh(src.uri, "dominfo", "m-late")[0] == 1
+    assert not _qemu_pids(src, "m-late")
+    last = log.last()
+    assert last is not None
+    assert beat(serial(dst, "m-late"), above=last.n) > last.n
+    _cleanup(dst, "m-late")
+
+
+def test_destination_daemon_dies_in_finish(hosts: list[LabHost], tmp_path: Path) -> None:
+    # Checks: the destination pyvirtd dies in Finish (guest received, not yet resumed);
+    # the source waits for it, the restarted destination resumes the guest, the source
+    # learns it and shuts its copy off: one runner, on the destination.
+    src, dst = hosts
+    _restart_daemon(dst, crash_at="in:finish3")
+    _start_guest(src, "m-fin", tmp_path)
+    result: dict[str, tuple[int, str, str]] = {}
+    thread = threading.Thread(target=lambda: result.update(
+        r=virsh(src.uri, "migrate", "--live", "--p2p", "m-fin", dst.uri)))
+    with RunnerSampler([src.uri], "m-fin"):
+        thread.start()
+        _wait_daemon_gone(dst)
+        lab_up(2)
+        thread.join(120)
+    rc, _, err = result["r"]
+    assert rc == 0, err
+    assert virsh(dst.uri, "domstate", "--reason", "m-fin")[1] == "running (migrated)\n\n"
+    assert virsh(src.uri, "dominfo", "m-fin")[0] == 1
+    assert not _qemu_pids(src, "m-fin")
+    _cleanup(dst, "m-fin")

@@ -336,8 +336,14 @@ VIRSH_CASES: list[tuple[str, list[str], Setup | None]] = [
 ]  # fmt: skip
 
 
-def comparable(pair: ServedPair) -> list[tuple[Any, ...]]:
-    return [s for s in calls(pair) if not (s[0] == "DST" and s[1] in CLOSE_CALLBACK)]
+#: scripts where Perform ends after a number of polls: the polls are part of the sequence
+#: (elsewhere their number depends on timing: virsh polls every 500 ms until the job runs)
+COUNTED_POLLS = (progress, failing, one_poll)
+
+
+def comparable(pair: ServedPair, setup: Setup | None) -> list[tuple[Any, ...]]:
+    return [s for s in calls(pair) if not (s[0] == "DST" and s[1] in CLOSE_CALLBACK)
+            and (setup in COUNTED_POLLS or s[1] != "DOMAIN_GET_JOB_INFO")]  # fmt: skip
 
 
 @pytest.mark.skipif(shutil.which("virsh") is None, reason="no stock virsh")
@@ -348,8 +354,8 @@ def test_same_as_stock_virsh(pair: ServedPair, args: list[str], setup: Setup | N
     theirs = run_stock_virsh(pair, args)
     their_calls = calls(pair)
     assert not [s for s in their_calls if s[0] == "DST" and s[1] in CLOSE_CALLBACK]
-    their_calls = comparable(pair)
+    their_calls = comparable(pair, setup)
     reset(pair, setup)
     ours = run_pyvirsh(pair, args)
     assert ours == theirs
-    assert comparable(pair) == their_calls
+    assert comparable(pair, setup) == their_calls

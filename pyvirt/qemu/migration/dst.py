@@ -57,9 +57,8 @@ async def prepare(engine: MigrationEngine, client_id: int | None, request: Migra
         # Nothing will listen; libvirt's clients still expect a URI from Prepare.
         host = driver.settings.migration_host or socket.gethostname()
         return make_cookie(driver, obj.name, obj.uuid), f"tcp://{host}"
-    job = MigrationJob(JobOperation.MIGRATION_IN, request.flags, Phase.PREPARE,
-                       client_id=client_id)
-    obj.migration = job
+    job = engine.new_job(obj, JobOperation.MIGRATION_IN, request, Phase.PREPARE)
+    job.client_id = client_id
     try:
         uri_out = await _start_incoming(engine, obj, job, definition, request)
     except BaseException:

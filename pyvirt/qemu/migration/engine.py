@@ -18,7 +18,8 @@ from pyvirt.errors import OperationFailedError, OperationInvalidError
 from pyvirt.qemu.domain_obj import DomainObj
 from pyvirt.qemu.migration import dst, p2p, qemu_ops, src
 from pyvirt.qemu.migration.cookie import CookieStatistics
-from pyvirt.qemu.migration.job import MigrationJob, job_info, job_stats
+from pyvirt.qemu.migration.job import MigrationJob, Phase, job_info, job_stats
+from pyvirt.qemu.migration.journal import Journal
 from pyvirt.qemu.migration.params import MigrationRequest
 from pyvirt.qemu.resources import PortAllocator
 
@@ -41,6 +42,7 @@ class MigrationEngine:
         #: the statistics of the last finished job, per domain uuid (domjobinfo --completed)
         self.completed: dict[str, dict[str, int]] = {}
         driver.runner.qmp_events.listeners.append(self._on_qmp_event)
+        self.journal = Journal(settings.state_dir / "migration")
 
     # -- phases --------------------------------------------------------------------------
 
@@ -93,11 +95,24 @@ class MigrationEngine:
         driver.add_domain(obj)
         return obj
 
+    def new_job(self, obj: DomainObj, operation: JobOperation, request: MigrationRequest,
+                phase: Phase) -> MigrationJob:
+        job = MigrationJob(operation, int(request.flags), phase, journal=self.journal,
+                           name=obj.name, uuid=obj.uuid)
+        obj.migration = job
+        job.record()
+        return job
+
+    def end_job(self, obj: DomainObj) -> None:
+        if obj.migration is not None:
+            obj.migration.end()
+        obj.migration = None
+
     def release(self, obj: DomainObj) -> None:
         job = obj.migration
         if job is not None and job.port is not None:
             self.ports.release(job.port)
-        obj.migration = None
+        self.end_job(obj)
 
     async def client_closed(self, client_id: int) -> None:
         """The client that prepared incoming migrations is gone: drop them (autodestroy)."""

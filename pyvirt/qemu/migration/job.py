@@ -22,6 +22,7 @@ from typing import Any
 
 from pyvirt.constants import JobOperation, JobType
 from pyvirt.errors import InternalError
+from pyvirt.qemu.migration.journal import Journal, JournalEntry
 
 NS_PER_MS = 1_000_000
 
@@ -61,16 +62,34 @@ class MigrationJob:
     iteration: int = 0
     abort_requested: bool = False
     postcopy_started: bool = False
+    #: where the phase is written before acting (None: not journalled, e.g. tests)
+    journal: Journal | None = None
+    name: str = ""
+    uuid: str = ""
+    #: a peer-to-peer source's destination (recovery asks it what happened)
+    dconnuri: str | None = None
 
     @property
     def outgoing(self) -> bool:
         return self.operation == JobOperation.MIGRATION_OUT
 
     def set_phase(self, phase: Phase) -> None:
+        """Move to ``phase``, journalled on disk before the caller acts on it."""
         if _ORDER[phase] < _ORDER[self.phase]:
             raise InternalError(f"migration phase cannot go back from {self.phase.value} "
                                 f"to {phase.value}")
         self.phase = phase
+        self.record()
+
+    def record(self) -> None:
+        if self.journal is not None:
+            self.journal.record(JournalEntry(
+                uuid=self.uuid, name=self.name, side="out" if self.outgoing else "in",
+                phase=self.phase.value, flags=self.flags, dconnuri=self.dconnuri))
+
+    def end(self) -> None:
+        if self.journal is not None:
+            self.journal.remove(self.uuid)
 
     def on_status(self, status: str) -> None:
         self.status = status

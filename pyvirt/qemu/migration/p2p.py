@@ -12,6 +12,7 @@ so the guest ends running on exactly one host whatever fails.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import TYPE_CHECKING
 
@@ -30,15 +31,20 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 FEATURE_P2P, FEATURE_V3, FEATURE_PARAMS = 4, 6, 13
+#: how long a source waits for a destination that vanished during Finish to come back
+OUTCOME_WAIT_S = 60.0
 
 
 async def perform(engine: MigrationEngine, obj: DomainObj, dconnuri: str,
                   request: MigrationRequest) -> None:
     cookie, xml = await src.begin(engine, obj, request)
+    if obj.migration is not None:
+        obj.migration.dconnuri = dconnuri
+        obj.migration.record()
     try:
         dconn = await _connect(engine, dconnuri)
     except BaseException:
-        obj.migration = None
+        engine.end_job(obj)
         raise
     try:
         await _run_phases(engine, obj, dconn, cookie, xml, request)
@@ -73,32 +79,81 @@ async def _run_phases(engine: MigrationEngine, obj: DomainObj, dconn: AsyncConne
     except BaseException:
         await src.confirm(engine, obj, request, cancelled=True)
         raise
-    failure: BaseException | None = None
-    if not request.offline:
-        uri = request.migrate_uri or uri_out or ""
-        assert obj.migration is not None
-        try:
-            await src.perform_native(engine, obj, obj.migration, uri, request)
-        except BaseException as exc:  # finish the protocol, then report this error
-            failure = exc
-    stats = src.statistics(obj.migration) if obj.migration is not None else None
+    failure = await _perform(engine, obj, dconn, request, uri_out)
+    job = obj.migration
+    stats = src.statistics(job) if job is not None else None
     perform_cookie = make_cookie(engine.driver, obj.name, obj.uuid, stats)
     engine.remember_outgoing(obj)
-    finished = await _finish(dconn, dparams, perform_cookie, dflags, failure is not None)
-    await src.confirm(engine, obj, request, cancelled=failure is not None or not finished)
+    outcome = await _finish(engine, obj, dconn, dparams, perform_cookie, dflags,
+                            failure is not None)
+    if outcome is None:
+        engine.end_job(obj)
+        raise OperationFailedError(
+            "lost the destination after the guest moved; its outcome is unknown, so the "
+            "guest stays paused on the source (check the destination, then resume or "
+            "destroy it here)")
+    await src.confirm(engine, obj, request, cancelled=failure is not None or not outcome)
     if failure is not None:
         raise failure
-    if not finished:
+    if not outcome:
         raise OperationFailedError("migration failed on the destination during Finish")
 
 
-async def _finish(dconn: AsyncConnection, dparams: list[TypedParam], cookie: bytes,
-                  dflags: int, cancelled: bool) -> bool:
+async def _perform(engine: MigrationEngine, obj: DomainObj, dconn: AsyncConnection,
+                   request: MigrationRequest, uri_out: str | None) -> BaseException | None:
+    """Run QEMU's migration; a dead peer connection cancels it (keepalive, as libvirt)."""
+    if request.offline:
+        return None
+    job = obj.migration
+    assert job is not None
+
+    async def peer_alive() -> None:
+        if not dconn.isAlive():
+            raise OperationFailedError("Lost connection to destination host")
+
+    try:
+        await src.perform_native(engine, obj, job, request.migrate_uri or uri_out or "",
+                                 request, watch=peer_alive)
+    except BaseException as exc:  # finish the protocol, then report this error
+        return exc
+    return None
+
+
+async def _finish(engine: MigrationEngine, obj: DomainObj, dconn: AsyncConnection,
+                  dparams: list[TypedParam], cookie: bytes, dflags: int,
+                  cancelled: bool) -> bool | None:
+    """Finish on the destination: True when the guest runs there, False when not, None
+    when that cannot be known (the destination stayed unreachable)."""
     fparams = [p for p in dparams if p.field != "listen_address"]
     try:
         dom, _ = await dconn.migrate_finish3_params(fparams, cookie, dflags, cancelled)
     except VirtError as exc:
-        if not cancelled:
-            log.error("Finish on the destination failed: %s", exc)
-        return False
+        if cancelled:
+            return False
+        log.error("[dom=%s] Finish on the destination failed: %s", obj.name, exc)
+        if dconn.isAlive():
+            return False  # the destination answered: it did not take the guest
+        return await _ask_destination(engine, obj)
     return dom is not None and not cancelled
+
+
+async def _ask_destination(engine: MigrationEngine, obj: DomainObj) -> bool | None:
+    """The link broke during Finish: ask the (possibly restarting) destination daemon."""
+    job = obj.migration
+    if job is None or job.dconnuri is None:
+        return None
+    deadline = asyncio.get_running_loop().time() + OUTCOME_WAIT_S
+    while asyncio.get_running_loop().time() < deadline:
+        try:
+            dconn = await AsyncConnection.open(job.dconnuri)
+        except VirtError:
+            await asyncio.sleep(1.0)
+            continue
+        try:
+            dom = await dconn.lookupByUUIDString(obj.uuid)
+            return bool(await dom.isActive())
+        except VirtError:
+            return False
+        finally:
+            await dconn.close()
+    return None

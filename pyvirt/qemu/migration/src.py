@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from pyvirt.conf.domain import DiskDef
@@ -61,8 +62,8 @@ async def begin(engine: MigrationEngine, obj: DomainObj,
         check_safe_storage(engine, obj)
     xml = destination_xml(engine, obj, request)
     if not offline:
-        obj.migration = MigrationJob(JobOperation.MIGRATION_OUT, request.flags, Phase.BEGIN3,
-                                     was_running=obj.state == DomainState.RUNNING)
+        job = engine.new_job(obj, JobOperation.MIGRATION_OUT, request, Phase.BEGIN3)
+        job.was_running = obj.state == DomainState.RUNNING
     return make_cookie(engine.driver, obj.name, obj.uuid), xml
 
 
@@ -102,12 +103,12 @@ async def perform(engine: MigrationEngine, obj: DomainObj, request: MigrationReq
     if request.offline:
         return make_cookie(engine.driver, obj.name, obj.uuid)
     if not request.migrate_uri:
-        obj.migration = None
+        engine.end_job(obj)
         raise VirtError("invalid argument: migrate_uri is required", code=8)
     try:
         await perform_native(engine, obj, job, request.migrate_uri, request)
     except BaseException:
-        obj.migration = None
+        engine.end_job(obj)
         raise
     return make_cookie(engine.driver, obj.name, obj.uuid, statistics(job))
 
@@ -125,7 +126,7 @@ async def perform_direct(engine: MigrationEngine, obj: DomainObj,
     try:
         await perform_native(engine, obj, job, request.migrate_uri, request)
     except BaseException:
-        obj.migration = None
+        engine.end_job(obj)
         raise
     engine.remember_outgoing(obj)
     await confirm(engine, obj, request, cancelled=False)
@@ -138,14 +139,23 @@ def statistics(job: MigrationJob) -> CookieStatistics:
 
 
 async def perform_native(engine: MigrationEngine, obj: DomainObj, job: MigrationJob,
-                         uri: str, request: MigrationRequest) -> None:
+                         uri: str, request: MigrationRequest,
+                         watch: Callable[[], Awaitable[None]] | None = None) -> None:
+    """QEMU's migration to ``uri``; ``watch`` raises to abort it (e.g. the peer is gone)."""
     job.set_phase(Phase.PERFORM3)
     monitor = engine.driver.runner.monitor(obj)
+    tick = engine.tick_for(obj, job)
+
+    async def on_tick() -> None:
+        await tick()
+        if watch is not None:
+            await watch()
+
     try:
         await qemu_ops.apply_plan(monitor, request, Side.SOURCE, obj.migrate_max_speed_mib)
         obj.pending_pause_reason = PausedReason.MIGRATION
         await monitor.execute("migrate", {"uri": qemu_uri(uri)})
-        await qemu_ops.wait_final(monitor, job, on_tick=engine.tick_for(obj, job))
+        await qemu_ops.wait_final(monitor, job, on_tick=on_tick)
     except BaseException as exc:
         log.error("[dom=%s job=migration.out phase=perform] %s", obj.name, exc)
         await qemu_ops.cancel(monitor)
@@ -181,7 +191,7 @@ async def confirm(engine: MigrationEngine, obj: DomainObj, request: MigrationReq
                   cancelled: bool) -> None:
     if request.offline:
         if not cancelled and request.undefine_source:
-            _undefine(engine, obj)
+            undefine_source(engine, obj)
         return
     job = _job_of(obj)
     job.set_phase(Phase.CONFIRM3_CANCELLED if cancelled else Phase.CONFIRM3)
@@ -192,12 +202,12 @@ async def confirm(engine: MigrationEngine, obj: DomainObj, request: MigrationReq
         await engine.driver.runner.stop(obj, ShutoffReason.MIGRATED,
                                         EventStoppedDetail.MIGRATED)
         if request.undefine_source:
-            _undefine(engine, obj)
+            undefine_source(engine, obj)
     finally:
-        obj.migration = None
+        engine.end_job(obj)
 
 
-def _undefine(engine: MigrationEngine, obj: DomainObj) -> None:
+def undefine_source(engine: MigrationEngine, obj: DomainObj) -> None:
     driver = engine.driver
     if not obj.persistent:
         return
