@@ -26,14 +26,16 @@ order included, because the order decides which error a caller sees::
     migrateToURI3(dom, dconnuri, params, flags)  peer-to-peer / direct: the source drives
       read-only check; flag exclusions; OFFLINE needs 12; PEER2PEER needs 4, else DIRECT 5;
       dconnuri required for p2p (ignored otherwise); p2p to "localhost…" refused;
-      PEER2PEER + feature 13 → SRC PERFORM3_PARAMS(dconnuri, params, no cookie, flags)
+      feature 13 → SRC PERFORM3_PARAMS(dconnuri or NULL, params, no cookie, flags)
 
 Parameters are edited the way virTypedParamsReplaceString does it: a parameter already
 given keeps its place and gets the new value, a new one goes at the end.
 
-Deviation (documented): the pre-1.1 non-params procedures (213-218) are not implemented,
+Deviations (documented): the pre-1.1 non-params procedures (213-218) are not implemented,
 so a peer without MIGRATION_PARAMS gets NO_SUPPORT, and ``migrate`` / ``migrateToURI``
 (libvirt's older APIs) run over the params procedures with the equivalent parameters.
+Direct migration (pyvirtd's extension, feature 5) is PERFORM3_PARAMS without a dconnuri,
+where libvirt 9.0's client sends the non-params PERFORM3 (216).
 """
 
 from __future__ import annotations
@@ -321,18 +323,23 @@ def check_not_local(dconnuri: str) -> None:
 
 async def _migrate_unmanaged(dom: AsyncDomain, dconnuri: str | None,
                              params: list[TypedParam], flags: int) -> None:  # fmt: skip
-    """virDomainMigrateUnmanagedParams: one Perform on the source."""
+    """virDomainMigrateUnmanagedParams: one Perform on the source.
+
+    Peer-to-peer: PERFORM3_PARAMS with ``dconnuri``.  Direct (pyvirt's extension): also
+    PERFORM3_PARAMS, with no dconnuri and the QEMU URI as ``migrate_uri`` (the source
+    checks it is there); libvirt 9.0 would use the non-params PERFORM3 (216) instead.
+    """
     src = dom.connect()
     if flags & F.PEER2PEER:
         assert dconnuri is not None
         check_not_local(dconnuri)
-        if await _supports(src, DriverFeature.MIGRATION_PARAMS):
-            cookie = await dom.migrate_perform3_params(dconnuri, params, b"", flags)
-            if cookie:  # the remote driver's check: the caller passed no cookie buffer
-                raise libvirtError("internal error: caller ignores cookieout or cookieoutlen",
-                                   code=ErrorCode.INTERNAL_ERROR,
-                                   domain=ErrorDomain.REMOTE)  # fmt: skip
-            return
+    if await _supports(src, DriverFeature.MIGRATION_PARAMS):
+        cookie = await dom.migrate_perform3_params(dconnuri, params, b"", flags)
+        if cookie:  # the remote driver's check: the caller passed no cookie buffer
+            raise libvirtError("internal error: caller ignores cookieout or cookieoutlen",
+                               code=ErrorCode.INTERNAL_ERROR,
+                               domain=ErrorDomain.REMOTE)  # fmt: skip
+        return
     if await _supports(src, DriverFeature.MIGRATION_V3):
         _check_compat(params, "Some parameters are not supported by migration protocol 3")
     # PERFORM3 (216) and PERFORM (v2) are not implemented (see the module docstring)

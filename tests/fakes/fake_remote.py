@@ -109,6 +109,8 @@ class FakeMigration:
     max_seconds: float = 10.0
     # -- what happened -------------------------------------------------------------------
     performing: bool = False
+    #: domains Begin was called for (a Perform without Begin and p2p is pyvirt's --direct)
+    begun: set[str] = dataclasses.field(default_factory=set)
     polls: int = 0
     suspended: int = 0
     postcopy: int = 0
@@ -462,6 +464,8 @@ class FakeRemoteDispatcher:
     # -- migration phases (canned answers, or as self.migration scripts them) --------------
     def do_domain_migrate_begin3_params(self, client: ClientContext, args: Any) -> Any:
         dom = self._dom(args["dom"])
+        if self.migration is not None:
+            self.migration.begun.add(dom.name)
         return {"cookie_out": b"<cookie-begin/>\0", "xml": f"<domain><name>{dom.name}</name>"
                                                            "</domain>"}  # fmt: skip
 
@@ -471,11 +475,13 @@ class FakeRemoteDispatcher:
 
     async def do_domain_migrate_perform3_params(self, client: ClientContext, args: Any) -> Any:
         dom = self._dom(args["dom"])
-        if self.migration is not None:
-            await self._perform(self.migration, dom)
-        # a real source answers peer-to-peer Perform with an empty cookie (§11.4)
-        p2p = self.migration is not None and args["flags"] & MigrateFlags.PEER2PEER
-        return {"cookie_out": b"" if p2p else b"<cookie-perform/>\0"}
+        if self.migration is None:
+            return {"cookie_out": b"<cookie-perform/>\0"}
+        await self._perform(self.migration, dom)
+        # a real source answers a peer-to-peer (§11.4) or direct Perform with no cookie
+        managed = not args["flags"] & MigrateFlags.PEER2PEER and dom.name in self.migration.begun
+        self.migration.begun.discard(dom.name)
+        return {"cookie_out": b"<cookie-perform/>\0" if managed else b""}
 
     async def _perform(self, mig: FakeMigration, dom: FakeDomain) -> None:
         mig.performing, started = True, time.monotonic()

@@ -365,9 +365,20 @@ async def test_p2p_reply_cookie_must_be_empty(pair: Pair) -> None:
     assert error.domain == ErrorDomain.REMOTE
 
 
-async def test_direct_needs_the_old_protocol(pair: Pair) -> None:
+async def test_direct_is_one_perform_without_dconnuri(pair: Pair) -> None:
+    """pyvirt's --direct (pyvirtd answers feature 5): PERFORM3_PARAMS, no dconnuri."""
     pair.src.fake.features[5] = 1
-    error = await failure(pair.dom.migrateToURI3(P2P_URI, {"migrate_uri": "tcp://b:1"}, 0))
+    params = {"migrate_uri": "tcp://10.77.0.2:49152"}
+    assert await pair.dom.migrateToURI3(P2P_URI, params, F.LIVE) == 0
+    assert pair.steps() == [
+        ("SRC", "feature", 5), ("SRC", "feature", 13),
+        ("SRC", "perform", None, (("migrate_uri", "tcp://10.77.0.2:49152"),), b"", F.LIVE),
+    ]  # fmt: skip
+
+
+async def test_direct_without_params_support(pair: Pair) -> None:
+    pair.src.fake.features.update({5: 1, 13: 0})
+    error = await failure(pair.dom.migrateToURI3(None, {"migrate_uri": "tcp://b:1"}, 0))
     assert error.code == ErrorCode.NO_SUPPORT
     error = await failure(pair.dom.migrateToURI3(None, {"compression": ["xbzrle"]}, 0))
     assert error.message == ("argument unsupported: Some parameters are not supported by "

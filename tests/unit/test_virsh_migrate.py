@@ -184,13 +184,6 @@ def test_unreadable_xml_names_the_file_then_the_reason() -> None:
                             "open file '/nonexistent': No such file or directory\n")
 
 
-def test_migrate_fails_loudly_after_validation() -> None:
-    result = run_pyvirsh(["migrate", "--live", "--p2p", "test", DEST])
-    assert result.status == 1 and result.out == "\n"
-    assert result.err == ("error: migrate: running a migration is not supported yet "
-                          "(migrateToURI3 with flags 0x3)\n")
-
-
 # -- the same errors as the stock virsh, in the same order -------------------------------------
 VIRSH_CASES = [
     "--tunnelled", "--tunneled", "--live --offline", "--copy-storage-all --copy-storage-inc",
