@@ -6,7 +6,7 @@ from typing import Any
 
 from pyvirt.constants import MigrateFlags
 from pyvirt.daemon.context import Call, Handler, check_flags, handle_of
-from pyvirt.errors import OperationInvalidError, VirtError
+from pyvirt.errors import InvalidArgError, OperationInvalidError, VirtError
 from pyvirt.qemu.migration.params import MigrationRequest, Side, parse_request
 from pyvirt.rpc.remote_protocol import RemoteProc as RP
 from pyvirt.rpc.remote_types import TypedParam, TypedParamType
@@ -35,6 +35,17 @@ async def prepare3(call: Call, args: Any) -> Any:
     cookie, uri = await call.driver.migration.prepare(call.client.id, request,
                                                       bytes(args["cookie_in"]))
     return {"cookie_out": cookie, "uri_out": uri}
+
+
+async def prepare_tunnel3(call: Call, args: Any) -> Any:
+    call.require_open()
+    request = request_of(args, Side.DESTINATION, "qemuDomainMigratePrepareTunnel3Params")
+    if not request.tunnelled:
+        raise InvalidArgError("PREPARE_TUNNEL3 needs the VIR_MIGRATE_TUNNELLED flag")
+    cookie, _ = await call.driver.migration.prepare(call.client.id, request,
+                                                    bytes(args["cookie_in"]),
+                                                    stream=call.client.stream())
+    return {"cookie_out": cookie}
 
 
 async def perform3(call: Call, args: Any) -> Any:
@@ -136,6 +147,7 @@ async def get_compression_cache(call: Call, args: Any) -> Any:
 HANDLERS: dict[int, Handler] = {
     RP.DOMAIN_MIGRATE_BEGIN3_PARAMS: begin3,
     RP.DOMAIN_MIGRATE_PREPARE3_PARAMS: prepare3,
+    RP.DOMAIN_MIGRATE_PREPARE_TUNNEL3_PARAMS: prepare_tunnel3,
     RP.DOMAIN_MIGRATE_PERFORM3_PARAMS: perform3,
     RP.DOMAIN_MIGRATE_FINISH3_PARAMS: finish3,
     RP.DOMAIN_MIGRATE_CONFIRM3_PARAMS: confirm3,

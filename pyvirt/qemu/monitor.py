@@ -99,6 +99,17 @@ class Monitor:
                 f"QEMU monitor of '{self.name}' failed during '{command}': {exc}"
             ) from exc
 
+    async def send_fd(self, name: str, fd: int) -> None:
+        """Hand ``fd`` to QEMU (SCM_RIGHTS) under ``name``, for ``fd:NAME`` URIs."""
+        if not self.connected:
+            raise OperationFailedError(f"QEMU monitor of '{self.name}' is not connected")
+        try:
+            self._qmp.send_fd_scm(fd)
+        except (QMPError, OSError) as exc:
+            raise OperationFailedError(f"cannot pass a file descriptor to QEMU: {exc}") \
+                from exc
+        await self.execute("getfd", {"fdname": name})
+
     async def close(self) -> None:
         """Disconnect without reporting EOF (the driver is letting go, not QEMU dying)."""
         self._closing = True

@@ -29,10 +29,11 @@ from pyvirt.constants import (
 )
 from pyvirt.errors import InvalidArgError, OperationInvalidError
 from pyvirt.qemu.domain_obj import DomainObj
-from pyvirt.qemu.migration import qemu_ops
+from pyvirt.qemu.migration import qemu_ops, tunnel
 from pyvirt.qemu.migration.cookie_io import make_cookie, read_cookie
 from pyvirt.qemu.migration.job import MigrationJob, Phase
 from pyvirt.qemu.migration.params import MigrationRequest, Side
+from pyvirt.rpc.stream import Stream
 
 if TYPE_CHECKING:
     from pyvirt.qemu.migration.engine import MigrationEngine
@@ -44,7 +45,8 @@ FINISH_TIMEOUT_S = 120.0
 
 
 async def prepare(engine: MigrationEngine, client_id: int | None, request: MigrationRequest,
-                  cookie_in: bytes) -> tuple[bytes, str | None]:
+                  cookie_in: bytes, stream: Stream | None = None) -> tuple[bytes, str | None]:
+    """Prepare an incoming migration; with ``stream`` (tunnelled) QEMU reads from it."""
     driver = engine.driver
     if not request.destination_xml:
         raise InvalidArgError("no domain XML passed")
@@ -59,8 +61,12 @@ async def prepare(engine: MigrationEngine, client_id: int | None, request: Migra
         return make_cookie(driver, obj.name, obj.uuid), f"tcp://{host}"
     job = engine.new_job(obj, JobOperation.MIGRATION_IN, request, Phase.PREPARE)
     job.client_id = client_id
+    uri_out: str | None = None
     try:
-        uri_out = await _start_incoming(engine, obj, job, definition, request)
+        if stream is not None:
+            await _start_tunnelled(engine, obj, job, definition, request, stream)
+        else:
+            uri_out = await _start_incoming(engine, obj, job, definition, request)
     except BaseException:
         await abandon(engine, obj)
         raise
@@ -79,6 +85,23 @@ async def _start_incoming(engine: MigrationEngine, obj: DomainObj, job: Migratio
     await monitor.execute("migrate-incoming", {"uri": f"tcp:{bind}:{job.port}"})
     host = driver.settings.migration_host or socket.gethostname()
     return f"tcp://{host}:{job.port}"
+
+
+async def _start_tunnelled(engine: MigrationEngine, obj: DomainObj, job: MigrationJob,
+                           definition: Any, request: MigrationRequest,
+                           stream: Stream) -> None:
+    driver = engine.driver
+    await driver.runner.start(obj, definition, paused=True, incoming="defer")
+    monitor = driver.runner.monitor(obj)
+    await qemu_ops.apply_plan(monitor, request, Side.DESTINATION)
+    sock = await tunnel.give_qemu_socket(monitor)
+    try:
+        await monitor.execute("migrate-incoming", {"uri": f"fd:{tunnel.FD_NAME}"})
+    except BaseException:
+        sock.close()
+        raise
+    job.tunnel = asyncio.get_running_loop().create_task(
+        tunnel.pump_stream_to_qemu(stream, sock), name=f"tunnel-in-{obj.name}")
 
 
 async def finish(engine: MigrationEngine, request: MigrationRequest, cookie_in: bytes,

@@ -22,6 +22,7 @@ from pyvirt.qemu.migration.job import MigrationJob, Phase, job_info, job_stats
 from pyvirt.qemu.migration.journal import Journal
 from pyvirt.qemu.migration.params import MigrationRequest
 from pyvirt.qemu.resources import PortAllocator
+from pyvirt.rpc.stream import Stream
 
 if TYPE_CHECKING:
     from pyvirt.qemu.driver import QemuDriver
@@ -50,8 +51,8 @@ class MigrationEngine:
         return await src.begin(self, obj, request)
 
     async def prepare(self, client_id: int | None, request: MigrationRequest,
-                      cookie: bytes) -> tuple[bytes, str | None]:
-        return await dst.prepare(self, client_id, request, cookie)
+                      cookie: bytes, stream: Stream | None = None) -> tuple[bytes, str | None]:
+        return await dst.prepare(self, client_id, request, cookie, stream)
 
     async def perform(self, obj: DomainObj, dconnuri: str | None, request: MigrationRequest,
                       cookie: bytes) -> bytes:

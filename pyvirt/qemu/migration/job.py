@@ -68,6 +68,8 @@ class MigrationJob:
     uuid: str = ""
     #: a peer-to-peer source's destination (recovery asks it what happened)
     dconnuri: str | None = None
+    #: the task moving a tunnelled migration's bytes (cancelled when the job ends)
+    tunnel: asyncio.Task[None] | None = None
 
     @property
     def outgoing(self) -> bool:
@@ -88,6 +90,8 @@ class MigrationJob:
                 phase=self.phase.value, flags=self.flags, dconnuri=self.dconnuri))
 
     def end(self) -> None:
+        if self.tunnel is not None and not self.tunnel.done():
+            self.tunnel.cancel()
         if self.journal is not None:
             self.journal.remove(self.uuid)
 

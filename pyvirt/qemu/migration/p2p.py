@@ -24,6 +24,7 @@ from pyvirt.qemu.migration import src
 from pyvirt.qemu.migration.cookie_io import make_cookie
 from pyvirt.qemu.migration.params import MigrationRequest
 from pyvirt.rpc.remote_types import TypedParam
+from pyvirt.rpc.stream import Stream
 
 if TYPE_CHECKING:
     from pyvirt.qemu.migration.engine import MigrationEngine
@@ -74,12 +75,17 @@ async def _run_phases(engine: MigrationEngine, obj: DomainObj, dconn: AsyncConne
     dparams: list[TypedParam] = [p for p in request.destination_params()
                                  if p.field not in ("migrate_uri", "destination_xml")]
     dparams.append(TypedParam.of_string("destination_xml", xml))
+    stream: Stream | None = None
+    uri_out: str | None = None
     try:
-        _, uri_out = await dconn.migrate_prepare3_params(dparams, cookie, dflags)
+        if request.tunnelled:
+            _, stream = await dconn.migrate_prepare_tunnel3_params(dparams, cookie, dflags)
+        else:
+            _, uri_out = await dconn.migrate_prepare3_params(dparams, cookie, dflags)
     except BaseException:
         await src.confirm(engine, obj, request, cancelled=True)
         raise
-    failure = await _perform(engine, obj, dconn, request, uri_out)
+    failure = await _perform(engine, obj, dconn, request, uri_out, stream)
     job = obj.migration
     stats = src.statistics(job) if job is not None else None
     perform_cookie = make_cookie(engine.driver, obj.name, obj.uuid, stats)
@@ -100,7 +106,8 @@ async def _run_phases(engine: MigrationEngine, obj: DomainObj, dconn: AsyncConne
 
 
 async def _perform(engine: MigrationEngine, obj: DomainObj, dconn: AsyncConnection,
-                   request: MigrationRequest, uri_out: str | None) -> BaseException | None:
+                   request: MigrationRequest, uri_out: str | None,
+                   stream: Stream | None) -> BaseException | None:
     """Run QEMU's migration; a dead peer connection cancels it (keepalive, as libvirt)."""
     if request.offline:
         return None
@@ -113,7 +120,7 @@ async def _perform(engine: MigrationEngine, obj: DomainObj, dconn: AsyncConnecti
 
     try:
         await src.perform_native(engine, obj, job, request.migrate_uri or uri_out or "",
-                                 request, watch=peer_alive)
+                                 request, watch=peer_alive, stream=stream)
     except BaseException as exc:  # finish the protocol, then report this error
         return exc
     return None

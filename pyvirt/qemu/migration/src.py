@@ -11,6 +11,8 @@ migration and resumes the guest where it was. Confirm either kills the source QE
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
 import logging
 import os
@@ -30,14 +32,21 @@ from pyvirt.constants import (
     RunningReason,
     ShutoffReason,
 )
-from pyvirt.errors import MigrateUnsafeError, OperationInvalidError, VirtError
+from pyvirt.errors import (
+    MigrateUnsafeError,
+    OperationFailedError,
+    OperationInvalidError,
+    VirtError,
+)
 from pyvirt.qemu.domain_obj import DomainObj
-from pyvirt.qemu.migration import qemu_ops
+from pyvirt.qemu.migration import qemu_ops, tunnel
 from pyvirt.qemu.migration.abi import check_abi_stable
 from pyvirt.qemu.migration.cookie import CookieStatistics
 from pyvirt.qemu.migration.cookie_io import make_cookie
 from pyvirt.qemu.migration.job import MigrationJob, Phase, job_stats
 from pyvirt.qemu.migration.params import MigrationRequest, Side
+from pyvirt.qemu.monitor import Monitor
+from pyvirt.rpc.stream import Stream
 
 if TYPE_CHECKING:
     from pyvirt.qemu.migration.engine import MigrationEngine
@@ -45,6 +54,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _SAFE_CACHE = frozenset({"none", "directsync"})
+#: after QEMU reports completion, how long the tunnel may take to deliver the last bytes
+TUNNEL_DRAIN_S = 60.0
 
 
 async def begin(engine: MigrationEngine, obj: DomainObj,
@@ -140,8 +151,10 @@ def statistics(job: MigrationJob) -> CookieStatistics:
 
 async def perform_native(engine: MigrationEngine, obj: DomainObj, job: MigrationJob,
                          uri: str, request: MigrationRequest,
-                         watch: Callable[[], Awaitable[None]] | None = None) -> None:
-    """QEMU's migration to ``uri``; ``watch`` raises to abort it (e.g. the peer is gone)."""
+                         watch: Callable[[], Awaitable[None]] | None = None,
+                         stream: Stream | None = None) -> None:
+    """QEMU's migration to ``uri``, or into ``stream`` (tunnelled); ``watch`` raises to
+    abort it (e.g. the peer connection is gone)."""
     job.set_phase(Phase.PERFORM3)
     monitor = engine.driver.runner.monitor(obj)
     tick = engine.tick_for(obj, job)
@@ -150,18 +163,37 @@ async def perform_native(engine: MigrationEngine, obj: DomainObj, job: Migration
         await tick()
         if watch is not None:
             await watch()
+        if job.tunnel is not None and job.tunnel.done() and job.tunnel.exception():
+            raise OperationFailedError(f"tunnel failed: {job.tunnel.exception()}")
 
     try:
         await qemu_ops.apply_plan(monitor, request, Side.SOURCE, obj.migrate_max_speed_mib)
+        if stream is not None:
+            uri = await _start_tunnel(monitor, job, stream, obj.name)
         obj.pending_pause_reason = PausedReason.MIGRATION
         await monitor.execute("migrate", {"uri": qemu_uri(uri)})
         await qemu_ops.wait_final(monitor, job, on_tick=on_tick)
+        if job.tunnel is not None:
+            await asyncio.wait_for(asyncio.shield(job.tunnel), TUNNEL_DRAIN_S)
     except BaseException as exc:
         log.error("[dom=%s job=migration.out phase=perform] %s", obj.name, exc)
         await qemu_ops.cancel(monitor)
+        if job.tunnel is not None:
+            job.tunnel.cancel()
+            with contextlib.suppress(VirtError):
+                assert stream is not None
+                await stream.abort()
         await restore_source(engine, obj, job)
         raise
     job.set_phase(Phase.PERFORM3_DONE)
+
+
+async def _start_tunnel(monitor: Monitor, job: MigrationJob, stream: Stream,
+                        name: str) -> str:
+    sock = await tunnel.give_qemu_socket(monitor)
+    job.tunnel = asyncio.get_running_loop().create_task(
+        tunnel.pump_qemu_to_stream(sock, stream), name=f"tunnel-out-{name}")
+    return f"fd:{tunnel.FD_NAME}"
 
 
 def qemu_uri(uri: str) -> str:
