@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shlex
 import signal
 import subprocess
 import time
@@ -102,8 +103,9 @@ def spawn(argv: list[str], log_path: Path, env: dict[str, str], uuid: str) -> Qe
 
 
 def _render_cmdline(argv: list[str], env: dict[str, str]) -> str:
-    env_part = " ".join(f"{k}={v}" for k, v in sorted(env.items()))
-    return f"{env_part} {' '.join(argv)}"
+    # shell-quoted so the logged line can be pasted back into a shell
+    env_part = " ".join(f"{k}={shlex.quote(v)}" for k, v in sorted(env.items()))
+    return f"{env_part} {shlex.join(argv)}"
 
 
 def qemu_env(extra: dict[str, str]) -> dict[str, str]:

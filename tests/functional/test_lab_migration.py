@@ -17,6 +17,8 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -468,3 +470,111 @@ def test_destination_daemon_dies_in_finish(hosts: list[LabHost], tmp_path: Path)
     assert virsh(src.uri, "dominfo", "m-fin")[0] == 1
     assert not _qemu_pids(src, "m-fin")
     _cleanup(dst, "m-fin")
+
+
+def test_migrate_p2p_tunnelled(hosts: list[LabHost], tmp_path: Path) -> None:
+    # Checks (besides _migrate's): no migration port is opened on the destination; the
+    # data went through the daemons' RPC connection.
+    _, dst = _migrate(hosts, tmp_path, "m-tun", "--live", "--p2p", "--tunnelled",
+                      "--verbose")
+    assert virsh(dst.uri, "domstate", "--reason", "m-tun")[1] == "running (migrated)\n\n"
+    _cleanup(dst, "m-tun")
+
+
+def test_pyvirsh_migrate_modes(hosts: list[LabHost], tmp_path: Path) -> None:
+    # Checks: pyvirsh itself migrates normal, p2p and p2p+tunnelled, back and forth.
+    src, dst = hosts
+    log = _start_guest(src, "m-pv", tmp_path)
+    pyvirsh = str(Path(sys.executable).parent / "pyvirsh")
+    route = [(src, dst, []), (dst, src, ["--p2p"]), (src, dst, ["--p2p", "--tunnelled"])]
+    for frm, to, extra in route:
+        proc = run([pyvirsh, "-c", frm.uri, "migrate", "--live", "--verbose", *extra, "m-pv",
+                    to.uri], timeout=180)
+        assert proc.returncode == 0, proc.stderr
+        assert "Migration: [100 %]" in proc.stderr
+        assert virsh(to.uri, "domstate", "--reason", "m-pv")[1] == "running (migrated)\n\n"
+        assert virsh(frm.uri, "dominfo", "m-pv")[0] == 1
+    assert log.corrupt_lines() == [] and serial(dst, "m-pv").corrupt_lines() == []
+    _cleanup(dst, "m-pv")
+
+
+def test_pyvirsh_direct_to_a_plain_qemu(hosts: list[LabHost], tmp_path: Path) -> None:
+    # Checks pyvirt's --direct extension: the source migrates straight to a QEMU someone
+    # started with -incoming (no daemon there); the source ends shut off, the destination
+    # QEMU reports running, and the guest's counter continues there.
+    from pyvirt.lab.hosts import host_exec_argv
+
+    src, dst = hosts
+    log = _start_guest(src, "m-dir", tmp_path)
+    argv = _source_argv(src, "m-dir", tmp_path)
+    qmp = tmp_path / "dst-qmp.sock"
+    dst_log = tmp_path / "dst-serial.log"
+    argv = [a.replace(str(src.dir / "log" / "qemu" / "m-dir-serial0.log"), str(dst_log))
+            for a in argv]
+    argv += ["-qmp", f"unix:{qmp},server=on,wait=off", "-incoming", "tcp:10.77.0.2:49999"]
+    errors = open(tmp_path / "dst-qemu.err", "wb")  # noqa: SIM115 - QEMU writes it
+    dest = subprocess.Popen(host_exec_argv(dst, argv), stdout=subprocess.DEVNULL,
+                            stderr=errors)
+    try:
+        deadline = time.monotonic() + 20
+        while not qmp.exists():
+            assert time.monotonic() < deadline and dest.poll() is None
+            time.sleep(0.1)
+        time.sleep(0.5)
+        assert dest.poll() is None, (tmp_path / "dst-qemu.err").read_text()
+        assert _qmp_status(qmp) == "inmigrate"  # QEMU is up and listening
+        pyvirsh = str(Path(sys.executable).parent / "pyvirsh")
+        proc = run([pyvirsh, "-c", src.uri, "migrate", "--live", "--direct", "m-dir",
+                    "qemu+tcp://unused/system", "--migrateuri", "tcp:10.77.0.2:49999"])
+        assert proc.returncode == 0, proc.stderr
+        assert virsh(src.uri, "dominfo", "m-dir")[0] == 1  # transient: gone, migrated
+        assert _qmp_status(qmp) == "running"
+        last = log.last()
+        assert last is not None
+        assert beat(SerialLog(dst_log), above=last.n) > last.n
+    finally:
+        dest.kill()
+        dest.wait()
+        errors.close()
+
+
+def _source_argv(host: LabHost, name: str, tmp: Path) -> list[str]:
+    """The source QEMU's argv (from its log), made runnable elsewhere: own run paths, no -S."""
+    import shlex
+
+    lines = (host.dir / "log" / "qemu" / f"{name}.log").read_text().splitlines()
+    line = [ln for ln in lines if "qemu-system-x86_64 " in ln][-1]
+    words = shlex.split(line)
+    argv = words[words.index("/usr/bin/qemu-system-x86_64"):]
+    out: list[str] = []
+    skip = 0
+    for i, word in enumerate(argv):
+        if skip:
+            skip -= 1
+            continue
+        if word in ("-S",):
+            continue
+        if word in ("-pidfile", "-mon") or (word == "-chardev" and "charmonitor" in argv[i + 1]):
+            skip = 1
+            continue
+        out.append(word)
+    return out
+
+
+def _qmp_status(path: Path) -> str:
+    import json
+    import socket as sk
+
+    with sk.socket(sk.AF_UNIX) as sock:
+        sock.settimeout(10)
+        sock.connect(str(path))
+        reader = sock.makefile("rb")
+        reader.readline()
+        sock.sendall(b'{"execute": "qmp_capabilities"}')
+        while b"return" not in reader.readline():
+            pass
+        sock.sendall(b'{"execute": "query-status"}')
+        while True:
+            reply = json.loads(reader.readline())
+            if "return" in reply:
+                return str(reply["return"]["status"])
