@@ -20,7 +20,7 @@ from typing import Any
 
 from pyvirt.conf.daemon_conf import DaemonConfig, resolve_host_uuid
 from pyvirt.conf.qemu_conf import QemuConfig
-from pyvirt.daemon import domain_procs, host_procs, migration_procs
+from pyvirt.daemon import domain_procs, host_procs, migration_procs, qemu_procs
 from pyvirt.daemon.admin import AdminDispatcher, admin_server_limits
 from pyvirt.daemon.context import STATE_KEY, Call, ClientState, Handler
 from pyvirt.errors import OperationFailedError
@@ -29,6 +29,8 @@ from pyvirt.qemu.settings import DriverSettings
 from pyvirt.rpc.admin_protocol import ADMIN
 from pyvirt.rpc.error import unknown_procedure
 from pyvirt.rpc.protocol import ProcSpec
+from pyvirt.rpc.qemu_protocol import QEMU
+from pyvirt.rpc.remote_protocol import REMOTE
 from pyvirt.rpc.server import RPCServer, ServerLimits
 from pyvirt.rpc.server_client import ClientContext
 from pyvirt.uri import ADMIN_SOCKET_NAME, RO_SOCKET_NAME, RW_SOCKET_NAME
@@ -44,9 +46,12 @@ class RemoteDispatcher:
         self._tasks: set[asyncio.Task[None]] = set()
         self.handlers: dict[int, Handler] = {**host_procs.HANDLERS, **domain_procs.HANDLERS,
                                              **migration_procs.HANDLERS}
+        self.qemu_handlers: dict[int, Handler] = dict(qemu_procs.HANDLERS)
 
     async def dispatch(self, client: ClientContext, spec: ProcSpec, args: Any) -> Any:
-        handler = self.handlers.get(spec.number)
+        # procedure numbers repeat across programs: the spec object tells which one it is
+        table = self.qemu_handlers if QEMU.get(spec.number) is spec else self.handlers
+        handler = table.get(spec.number)
         if handler is None:
             raise unknown_procedure(spec.number)
         return await handler(Call(self.daemon, client), args)
@@ -100,8 +105,8 @@ class Daemon:
         self.listen = listen
         self.host_uuid = resolve_host_uuid(cfg)
         self.driver = driver or QemuDriver(driver_settings(cfg, qemu_cfg, self.host_uuid))
-        self.server = RPCServer(RemoteDispatcher(self), limits=server_limits(cfg),
-                                name="libvirtd")
+        self.server = RPCServer(RemoteDispatcher(self), programs=(REMOTE, QEMU),
+                                limits=server_limits(cfg), name="libvirtd")
         self.admin: RPCServer | None = None
         self._stop = asyncio.Event()
         self._pidfile_fd: int | None = None
