@@ -638,3 +638,23 @@ def test_option_reaches_qemu(hosts: list[LabHost], tmp_path: Path, options: list
     assert rc == 0, err
     assert virsh(dst.uri, "domstate", "--reason", name)[1] == "running (migrated)\n\n"
     _cleanup(dst, name)
+
+
+@pytest.mark.parametrize("client", ["virsh", "pyvirsh"])
+def test_timeout_suspends_a_guest_that_dirties_too_fast(hosts: list[LabHost], tmp_path: Path,
+                                                        client: str) -> None:
+    # Checks: a guest dirtying faster than --bandwidth allows never converges; --timeout 3
+    # suspends it on the source, the migration then completes, and the guest runs on the
+    # destination (it was running when the migration began).
+    src, dst = hosts
+    name = f"m-to-{client}"
+    _start_guest(src, name, tmp_path, dirty_mb=96)
+    program = "virsh" if client == "virsh" else str(Path(sys.executable).parent / "pyvirsh")
+    began = time.monotonic()
+    proc = run([program, "-c", src.uri, "migrate", "--live", "--timeout", "3", "--bandwidth",
+                "40", name, dst.uri], timeout=240)
+    assert proc.returncode == 0, proc.stderr
+    assert time.monotonic() - began > 3  # it did not converge before the timeout
+    assert virsh(dst.uri, "domstate", "--reason", name)[1] == "running (migrated)\n\n"
+    assert virsh(src.uri, "dominfo", name)[0] == 1
+    _cleanup(dst, name)
