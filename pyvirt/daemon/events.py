@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pyvirt.errors import ErrorCode, VirtError
-from pyvirt.qemu.events import DomainEvent, EventBus
+from pyvirt.qemu.events import AnyEvent, DomainEvent, EventBus, MigrationIterationEvent
 from pyvirt.rpc.remote_protocol import REMOTE, RemoteProc
 from pyvirt.rpc.remote_types import NonnullDomain
 from pyvirt.rpc.server_client import ClientContext
@@ -24,8 +24,9 @@ from pyvirt.rpc.server_client import ClientContext
 log = logging.getLogger(__name__)
 
 EVENT_ID_LIFECYCLE = 0
+EVENT_ID_MIGRATION_ITERATION = 20
 #: event IDs pyvirtd emits; registering any other is refused loudly, never ignored
-SUPPORTED_EVENT_IDS = frozenset({EVENT_ID_LIFECYCLE})
+SUPPORTED_EVENT_IDS = frozenset({EVENT_ID_LIFECYCLE, EVENT_ID_MIGRATION_ITERATION})
 #: bounded so a client that stops reading cannot make the daemon grow without limit
 QUEUE_MAX = 4096
 
@@ -38,6 +39,22 @@ class Registration:
     uuid: str | None
     #: legacy registration (167): message 107 without a callback ID
     legacy: bool = False
+
+
+def _message_for(reg: Registration, dom: NonnullDomain,
+                 event: AnyEvent) -> tuple[int, Any] | None:
+    """The MESSAGE (procedure, body) a registration gets for an event, if any."""
+    if isinstance(event, DomainEvent) and reg.event_id == EVENT_ID_LIFECYCLE:
+        body = {"dom": dom, "event": int(event.event), "detail": int(event.detail)}
+        if reg.legacy:
+            return RemoteProc.DOMAIN_EVENT_LIFECYCLE, body
+        return (RemoteProc.DOMAIN_EVENT_CALLBACK_LIFECYCLE,
+                {"callback_id": reg.callback_id, "msg": body})
+    if isinstance(event, MigrationIterationEvent) \
+            and reg.event_id == EVENT_ID_MIGRATION_ITERATION and not reg.legacy:
+        return (RemoteProc.DOMAIN_EVENT_CALLBACK_MIGRATION_ITERATION,
+                {"callback_id": reg.callback_id, "dom": dom, "iteration": event.iteration})
+    return None
 
 
 class ClientEvents:
@@ -87,17 +104,16 @@ class ClientEvents:
             self._pump = None
         self._regs.clear()
 
-    def _on_event(self, event: DomainEvent) -> None:
+    def _on_event(self, event: AnyEvent) -> None:
         import uuid as uuidlib
 
         dom = NonnullDomain(event.name, uuidlib.UUID(event.uuid).bytes, event.dom_id)
-        body = {"dom": dom, "event": int(event.event), "detail": int(event.detail)}
         for reg in list(self._regs.values()):
-            if reg.event_id != EVENT_ID_LIFECYCLE or reg.uuid not in (None, event.uuid):
+            if reg.uuid not in (None, event.uuid):
                 continue
-            message = (RemoteProc.DOMAIN_EVENT_LIFECYCLE, body) if reg.legacy else \
-                (RemoteProc.DOMAIN_EVENT_CALLBACK_LIFECYCLE,
-                 {"callback_id": reg.callback_id, "msg": body})
+            message = _message_for(reg, dom, event)
+            if message is None:
+                continue
             try:
                 self._queue.put_nowait(message)
             except asyncio.QueueFull:

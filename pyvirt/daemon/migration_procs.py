@@ -144,7 +144,15 @@ async def get_compression_cache(call: Call, args: Any) -> Any:
     return {"cache_size": size}
 
 
+async def start_postcopy(call: Call, args: Any) -> Any:
+    call.require_open()
+    check_flags(args["flags"], 0, "virDomainMigrateStartPostCopy")
+    await call.driver.migration.start_postcopy(call.domain(args["dom"]))
+    return None
+
+
 HANDLERS: dict[int, Handler] = {
+    RP.DOMAIN_MIGRATE_START_POST_COPY: start_postcopy,
     RP.DOMAIN_MIGRATE_BEGIN3_PARAMS: begin3,
     RP.DOMAIN_MIGRATE_PREPARE3_PARAMS: prepare3,
     RP.DOMAIN_MIGRATE_PREPARE_TUNNEL3_PARAMS: prepare_tunnel3,

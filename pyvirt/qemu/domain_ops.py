@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from pyvirt.constants import DomainState, ListFlags, PausedReason, RunningReason
 from pyvirt.errors import OperationInvalidError, OperationTimeoutError
 from pyvirt.qemu.domain_obj import DomainObj
-from pyvirt.qemu.events import DomainEvent
+from pyvirt.qemu.events import AnyEvent, DomainEvent
 
 if TYPE_CHECKING:
     from pyvirt.qemu.driver import QemuDriver
@@ -40,8 +40,9 @@ async def shutdown(driver: QemuDriver, obj: DomainObj, timeout: float | None) ->
 def _stopped_waiter(driver: QemuDriver, obj: DomainObj) -> tuple[int, asyncio.Future[None]]:
     future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
-    def on_event(event: DomainEvent) -> None:
-        if event.uuid == obj.uuid and event.event.name == "STOPPED" and not future.done():
+    def on_event(event: AnyEvent) -> None:
+        if isinstance(event, DomainEvent) and event.uuid == obj.uuid \
+                and event.event.name == "STOPPED" and not future.done():
             future.set_result(None)
 
     return driver.events.subscribe(on_event), future

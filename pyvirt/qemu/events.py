@@ -26,7 +26,18 @@ class DomainEvent:
     detail: int
 
 
-Subscriber = Callable[[DomainEvent], None]
+@dataclass(frozen=True)
+class MigrationIterationEvent:
+    """A new pass over guest memory began (libvirt's VIR_DOMAIN_EVENT_ID_MIGRATION_ITERATION)."""
+
+    name: str
+    uuid: str
+    dom_id: int
+    iteration: int
+
+
+AnyEvent = DomainEvent | MigrationIterationEvent
+Subscriber = Callable[[AnyEvent], None]
 
 
 class EventBus:
@@ -42,8 +53,8 @@ class EventBus:
     def unsubscribe(self, handle: int) -> None:
         self._subscribers.pop(handle, None)
 
-    def emit(self, event: DomainEvent) -> None:
-        log.debug("[dom=%s] event %s detail %d", event.name, event.event.name, event.detail)
+    def emit(self, event: AnyEvent) -> None:
+        log.debug("[dom=%s] event %s", event.name, event)
         for callback in list(self._subscribers.values()):
             try:
                 callback(event)

@@ -658,3 +658,67 @@ def test_timeout_suspends_a_guest_that_dirties_too_fast(hosts: list[LabHost], tm
     assert virsh(dst.uri, "domstate", "--reason", name)[1] == "running (migrated)\n\n"
     assert virsh(src.uri, "dominfo", name)[0] == 1
     _cleanup(dst, name)
+
+
+class ResumeEvents:
+    """Records the destination's RESUMED lifecycle events (detail 3 = post-copy)."""
+
+    def __init__(self, uri: str, name: str) -> None:
+        self.details: list[int] = []
+        self._conn = pyvirt.open(uri)
+        self._name = name
+
+        def callback(_conn: Any, dom: Any, event: int, detail: int, _opaque: Any) -> None:
+            if dom.name() == self._name and event == 4:  # RESUMED
+                self.details.append(detail)
+
+        self._handle = self._conn.domainEventRegisterAny(None, 0, callback, None)
+
+    def close(self) -> None:
+        self._conn.domainEventDeregisterAny(self._handle)
+        self._conn.close()
+
+
+@pytest.mark.parametrize("how", ["after-precopy", "migrate-postcopy"])
+def test_postcopy_switch(hosts: list[LabHost], tmp_path: Path, how: str) -> None:
+    # Checks: a guest that cannot converge within --bandwidth moves by post-copy, switched
+    # either by --postcopy-after-precopy (virsh reacts to the iteration event) or by
+    # `virsh migrate-postcopy` while it runs; the destination resumes it in post-copy mode,
+    # the heartbeat continues there, no CORRUPT line, and one runner at every sample.
+    src, dst = hosts
+    name = f"m-pc-{how}"
+    log = _start_guest(src, name, tmp_path, dirty_mb=96)
+    events = ResumeEvents(dst.uri, name)
+    extra = ["--postcopy-after-precopy"] if how == "after-precopy" else []
+    result: dict[str, tuple[int, str, str]] = {}
+    thread = threading.Thread(target=lambda: result.update(r=virsh(
+        src.uri, "migrate", "--live", "--postcopy", "--bandwidth", "40", *extra, name,
+        dst.uri)))
+    with RunnerSampler([src.uri, dst.uri], name):
+        thread.start()
+        if how == "migrate-postcopy":
+            time.sleep(2)
+            assert virsh(src.uri, "migrate-postcopy", name)[0] == 0
+        thread.join(180)
+    events.close()
+    rc, _, err = result["r"]
+    assert rc == 0, err
+    assert 3 in events.details, events.details  # RESUMED_POSTCOPY on the destination
+    assert virsh(dst.uri, "domstate", "--reason", name)[1] == "running (migrated)\n\n"
+    last = log.last()
+    assert last is not None
+    dst_log = serial(dst, name)
+    assert beat(dst_log, above=last.n) > last.n
+    assert log.corrupt_lines() == [] and dst_log.corrupt_lines() == []
+    _cleanup(dst, name)
+
+
+def test_migrate_postcopy_refused_without_flag(hosts: list[LabHost], tmp_path: Path) -> None:
+    src, dst = hosts
+    thread = _slow_migration(src, dst, "m-nopc", tmp_path)
+    rc, _, err = virsh(src.uri, "migrate-postcopy", "m-nopc")
+    assert rc == 1 and "VIR_MIGRATE_POSTCOPY" in err, err
+    assert virsh(src.uri, "domjobabort", "m-nopc")[0] == 0
+    thread.join(120)
+    _assert_still_on_source(src, dst, "m-nopc")
+    _cleanup(src, "m-nopc")

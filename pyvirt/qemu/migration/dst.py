@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 
 #: how long Finish waits for the incoming stream to complete after Perform returned
 FINISH_TIMEOUT_S = 120.0
+_POSTCOPY_DONE = frozenset({"postcopy-active", "completed"})
 
 
 async def prepare(engine: MigrationEngine, client_id: int | None, request: MigrationRequest,
@@ -120,18 +121,46 @@ async def finish(engine: MigrationEngine, request: MigrationRequest, cookie_in: 
     if cancelled:
         await abandon(engine, obj)
         return None, b""
+    monitor = driver.runner.monitor(obj)
     try:
-        await asyncio.wait_for(qemu_ops.wait_final(driver.runner.monitor(obj), job,
-                                                   incoming=True), FINISH_TIMEOUT_S)
+        until = _POSTCOPY_DONE if request.postcopy else qemu_ops.FINAL_STATES
+        await asyncio.wait_for(qemu_ops.wait_final(monitor, job, incoming=True, until=until),
+                               FINISH_TIMEOUT_S)
         job.set_phase(Phase.FINISH3)
         await _activate(engine, obj, request)
     except BaseException:
-        await abandon(engine, obj)
+        if job.status in ("postcopy-active", *qemu_ops.POSTCOPY_BROKEN):
+            _postcopy_failed(engine, obj)
+        else:
+            await abandon(engine, obj)
         raise
+    if job.status == "postcopy-active":
+        await _complete_postcopy(engine, obj, job)
     if cookie is not None and cookie.statistics is not None:
         engine.remember_incoming(obj, cookie.statistics)
     engine.release(obj)
     return obj, make_cookie(driver, obj.name, obj.uuid)
+
+
+async def _complete_postcopy(engine: MigrationEngine, obj: DomainObj,
+                             job: MigrationJob) -> None:
+    """The guest runs here while its last pages arrive; wait for them."""
+    try:
+        await asyncio.wait_for(qemu_ops.wait_final(engine.driver.runner.monitor(obj), job,
+                                                   incoming=True), FINISH_TIMEOUT_S)
+    except BaseException:
+        _postcopy_failed(engine, obj)
+        raise
+    if obj.state == DomainState.RUNNING:
+        obj.set_state(DomainState.RUNNING, RunningReason.MIGRATED)
+        engine.driver.runner.save_status(obj)
+
+
+def _postcopy_failed(engine: MigrationEngine, obj: DomainObj) -> None:
+    """Post-copy broke: this side holds part of the guest; keep it, paused, reported."""
+    obj.set_state(DomainState.PAUSED, PausedReason.POSTCOPY_FAILED)
+    engine.driver.runner.save_status(obj)
+    engine.end_job(obj)
 
 
 async def _activate(engine: MigrationEngine, obj: DomainObj,
@@ -142,10 +171,12 @@ async def _activate(engine: MigrationEngine, obj: DomainObj,
     if request.paused:
         obj.set_state(DomainState.PAUSED, PausedReason.USER)
     else:
-        obj.pending_resume_reason = RunningReason.MIGRATED
+        postcopy = obj.migration is not None and obj.migration.status == "postcopy-active"
+        reason = RunningReason.POSTCOPY if postcopy else RunningReason.MIGRATED
+        obj.pending_resume_reason = reason
         await driver.runner.monitor(obj).execute("cont")
         if obj.state != DomainState.RUNNING:
-            obj.set_state(DomainState.RUNNING, RunningReason.MIGRATED)
+            obj.set_state(DomainState.RUNNING, reason)
     driver.runner.save_status(obj)
 
 

@@ -13,9 +13,10 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from pyvirt.conf.domain import DomainDef
-from pyvirt.constants import JobOperation, JobType
+from pyvirt.constants import JobOperation, JobType, MigrateFlags
 from pyvirt.errors import OperationFailedError, OperationInvalidError
 from pyvirt.qemu.domain_obj import DomainObj
+from pyvirt.qemu.events import MigrationIterationEvent
 from pyvirt.qemu.migration import dst, p2p, qemu_ops, src
 from pyvirt.qemu.migration.cookie import CookieStatistics
 from pyvirt.qemu.migration.job import MigrationJob, Phase, job_info, job_stats
@@ -138,6 +139,9 @@ class MigrationEngine:
             job.on_status(str(data.get("status", "")))
         elif name == "MIGRATION_PASS":
             job.iteration = int(data.get("pass", 0))
+            if job.outgoing:
+                self.driver.events.emit(MigrationIterationEvent(
+                    obj.name, obj.uuid, obj.dom_id, job.iteration))
 
     def remember_outgoing(self, obj: DomainObj) -> None:
         """Keep the finished job's statistics for ``domjobinfo --completed``."""
@@ -183,6 +187,20 @@ class MigrationEngine:
             raise OperationInvalidError("no job is active on the domain")
         job.abort_requested = True
         await qemu_ops.cancel(self.driver.runner.monitor(obj))
+
+    async def start_postcopy(self, obj: DomainObj) -> None:
+        """Switch a running pre-copy migration to post-copy (virsh migrate-postcopy)."""
+        obj.require_active()
+        job = obj.migration
+        if job is None or not job.outgoing or job.phase.value != "perform3":
+            raise OperationInvalidError("domain is not being migrated")
+        if not job.flags & MigrateFlags.POSTCOPY:
+            raise OperationInvalidError("switching to post-copy requires migration to be "
+                                        "started with VIR_MIGRATE_POSTCOPY flag")
+        if job.postcopy_started:
+            raise OperationInvalidError("post-copy already started")
+        await self.driver.runner.monitor(obj).execute("migrate-start-postcopy")
+        job.postcopy_started = True
 
     async def set_max_downtime(self, obj: DomainObj, downtime_ms: int) -> None:
         obj.require_active()

@@ -46,10 +46,23 @@ async def refresh(monitor: Monitor, job: MigrationJob) -> dict[str, Any]:
     return info
 
 
+#: post-copy stopped (the link broke): the guest's state is split between the hosts
+POSTCOPY_BROKEN = frozenset({"postcopy-paused", "postcopy-recover-setup", "postcopy-recover"})
+
+
+class PostcopyFailedError(OperationFailedError):
+    """Post-copy broke after the switchover: neither side may resume or be discarded."""
+
+
 async def wait_final(monitor: Monitor, job: MigrationJob, *, incoming: bool = False,
-                     on_tick: Any = None) -> None:
-    """Wait until QEMU's migration ends; raise with QEMU's reason unless it completed."""
-    while job.status not in FINAL_STATES:
+                     on_tick: Any = None, until: frozenset[str] = FINAL_STATES) -> None:
+    """Wait until QEMU's migration reaches one of ``until`` (default: its end); raise with
+    QEMU's reason unless it completed (or reached a non-final state asked for)."""
+    while job.status not in until and job.status not in FINAL_STATES:
+        if job.status in POSTCOPY_BROKEN:
+            raise PostcopyFailedError(
+                f"post-copy migration failed: the guest is paused on both hosts "
+                f"(QEMU status {job.status}); recovery (--postcopy-resume) is not supported yet")
         if on_tick is not None:
             await on_tick()
         await job.wait_status_change(TICK_S)
@@ -57,7 +70,7 @@ async def wait_final(monitor: Monitor, job: MigrationJob, *, incoming: bool = Fa
             await refresh(monitor, job)
     if not incoming:
         await refresh(monitor, job)
-    if job.status == "completed":
+    if job.status == "completed" or (job.status in until and job.status not in FINAL_STATES):
         return
     if job.status == "cancelled" or job.abort_requested:
         raise OperationAbortedError("migration out: canceled by client"

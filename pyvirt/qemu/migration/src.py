@@ -54,6 +54,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _SAFE_CACHE = frozenset({"none", "directsync"})
+#: QEMU states that end a post-copy Perform (the switchover happened)
+POSTCOPY_DONE = frozenset({"postcopy-active", "completed"})
 #: after QEMU reports completion, how long the tunnel may take to deliver the last bytes
 TUNNEL_DRAIN_S = 60.0
 
@@ -172,7 +174,12 @@ async def perform_native(engine: MigrationEngine, obj: DomainObj, job: Migration
             uri = await _start_tunnel(monitor, job, stream, obj.name)
         obj.pending_pause_reason = PausedReason.MIGRATION
         await monitor.execute("migrate", {"uri": qemu_uri(uri)})
-        await qemu_ops.wait_final(monitor, job, on_tick=on_tick)
+        # with post-copy the switch to the destination is the end of Perform (as libvirt);
+        # the remaining pages follow while the destination already runs the guest
+        until = POSTCOPY_DONE if request.postcopy else qemu_ops.FINAL_STATES
+        await qemu_ops.wait_final(monitor, job, on_tick=on_tick, until=until)
+        if job.status == "postcopy-active":
+            obj.set_state(DomainState.PAUSED, PausedReason.POSTCOPY)
         if job.tunnel is not None:
             await asyncio.wait_for(asyncio.shield(job.tunnel), TUNNEL_DRAIN_S)
     except BaseException as exc:
@@ -204,8 +211,16 @@ def qemu_uri(uri: str) -> str:
 
 
 async def restore_source(engine: MigrationEngine, obj: DomainObj, job: MigrationJob) -> None:
-    """Put the guest back as it was before the migration (running if it ran)."""
+    """Put the guest back as it was before the migration (running if it ran).
+
+    Not after a post-copy switchover: the destination holds newer memory, so resuming
+    here would lose writes; the guest stays paused (post-copy failed), never silently lost.
+    """
     obj.pending_pause_reason = None
+    if job.postcopy_started or job.status in ("postcopy-active", *qemu_ops.POSTCOPY_BROKEN):
+        obj.set_state(DomainState.PAUSED, PausedReason.POSTCOPY_FAILED)
+        engine.driver.runner.save_status(obj)
+        return
     if not obj.active or not job.was_running:
         return
     if obj.state != DomainState.RUNNING:
