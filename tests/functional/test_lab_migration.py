@@ -722,3 +722,87 @@ def test_migrate_postcopy_refused_without_flag(hosts: list[LabHost], tmp_path: P
     thread.join(120)
     _assert_still_on_source(src, dst, "m-nopc")
     _cleanup(src, "m-nopc")
+
+
+def test_dname_listen_address_migrateuri(hosts: list[LabHost], tmp_path: Path) -> None:
+    # Checks: --dname renames on arrival; --listen-address and --migrateuri choose where the
+    # destination QEMU listens and where the source sends (the migration works through them).
+    src, dst = hosts
+    _start_guest(src, "m-name", tmp_path)
+    rc, _, err = virsh(src.uri, "migrate", "--live", "--dname", "m-renamed",
+                       "--listen-address", "10.77.0.2", "--migrateuri", "tcp://10.77.0.2:49300",
+                       "m-name", dst.uri)
+    assert rc == 0, err
+    assert virsh(dst.uri, "domstate", "--reason", "m-renamed")[1] == "running (migrated)\n\n"
+    assert virsh(dst.uri, "dominfo", "m-name")[0] == 1
+    _cleanup(dst, "m-renamed")
+
+
+def test_xml_host_side_change_accepted_abi_change_refused(hosts: list[LabHost],
+                                                          tmp_path: Path) -> None:
+    src, dst = hosts
+    _start_guest(src, "m-xml", tmp_path)
+    live = virsh(src.uri, "dumpxml", "--migratable", "m-xml")[1]
+    titled = tmp_path / "titled.xml"
+    titled.write_text(live.replace("</name>", "</name>\n  <title>moved</title>", 1))
+    bigger = tmp_path / "bigger.xml"
+    bigger.write_text(live.replace("<vcpu placement='static'>1</vcpu>",
+                                   "<vcpu placement='static'>2</vcpu>"))
+    rc, _, err = virsh(src.uri, "migrate", "--live", "--xml", str(bigger), "m-xml", dst.uri)
+    assert rc == 1 and "guest ABI" in err, err
+    assert virsh(src.uri, "domstate", "m-xml")[1] == "running\n\n"
+    rc, _, err = virsh(src.uri, "migrate", "--live", "--xml", str(titled), "m-xml", dst.uri)
+    assert rc == 0, err
+    assert "<title>moved</title>" in virsh(dst.uri, "dumpxml", "m-xml")[1]
+    _cleanup(dst, "m-xml")
+
+
+def test_persistent_xml(hosts: list[LabHost], tmp_path: Path) -> None:
+    src, dst = hosts
+    _start_guest(src, "m-pxml", tmp_path)
+    inactive = virsh(src.uri, "dumpxml", "--migratable", "m-pxml")[1]
+    pxml = tmp_path / "persistent.xml"
+    pxml.write_text(inactive.replace("</name>", "</name>\n  <description>kept</description>",
+                                     1))
+    rc, _, err = virsh(src.uri, "migrate", "--live", "--persistent", "--persistent-xml",
+                       str(pxml), "m-pxml", dst.uri)
+    assert rc == 0, err
+    assert "<description>kept</description>" in \
+        virsh(dst.uri, "dumpxml", "--inactive", "m-pxml")[1]
+    assert "<description>kept</description>" not in virsh(dst.uri, "dumpxml", "m-pxml")[1]
+    _cleanup(dst, "m-pxml")
+
+
+def test_change_protection_refuses_redefinition(hosts: list[LabHost], tmp_path: Path) -> None:
+    src, dst = hosts
+    thread = _slow_migration(src, dst, "m-prot", tmp_path, "--change-protection")
+    xml = tmp_path / "redefine.xml"
+    xml.write_text(virsh(src.uri, "dumpxml", "--inactive", "m-prot")[1])
+    rc, _, err = virsh(src.uri, "define", str(xml))
+    assert rc == 1 and "migration job" in err, err
+    assert virsh(src.uri, "domjobabort", "m-prot")[0] == 0
+    thread.join(120)
+    _assert_still_on_source(src, dst, "m-prot")
+    _cleanup(src, "m-prot")
+
+
+def test_unsafe_cache_on_shared_storage(hosts: list[LabHost], tmp_path: Path) -> None:
+    # Checks libvirt's safety rule: a disk on shared storage with cache=writeback is
+    # refused without --unsafe; with --unsafe the migration proceeds and the guest arrives.
+    from pyvirt.lab.hosts import host_exec_argv
+
+    src, dst = hosts
+    image = Path("/var/lib/pyvirt/shared/m-cache.qcow2")
+    create = ["qemu-img", "create", "-q", "-f", "qcow2", str(image), "16M"]
+    assert run(host_exec_argv(src, create)).returncode == 0
+    xml = tmp_path / "m-cache.xml"
+    xml.write_text(domain_xml("m-cache", disk=image, disk_format="qcow2")
+                   .replace("cache='none'", "cache='writeback'"))
+    assert virsh(src.uri, "create", str(xml))[0] == 0
+    rc, _, err = virsh(src.uri, "migrate", "--live", "m-cache", dst.uri)
+    assert rc == 1 and "cache other than none or directsync" in err, err
+    rc, _, err = virsh(src.uri, "migrate", "--live", "--unsafe", "m-cache", dst.uri)
+    assert rc == 0, err
+    assert virsh(dst.uri, "domstate", "m-cache")[1] == "running\n\n"
+    _cleanup(dst, "m-cache")
+    run(host_exec_argv(src, ["rm", "-f", str(image)]))
