@@ -806,3 +806,62 @@ def test_unsafe_cache_on_shared_storage(hosts: list[LabHost], tmp_path: Path) ->
     assert virsh(dst.uri, "domstate", "m-cache")[1] == "running\n\n"
     _cleanup(dst, "m-cache")
     run(host_exec_argv(src, ["rm", "-f", str(image)]))
+
+
+def _admin(host: LabHost, *args: str) -> str:
+    admin = f"libvirtd:///system?socket={host.dir}/run/sock/libvirt-admin-sock"
+    proc = run(["virt-admin", "-c", admin, *args])
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+def _migrate_in_thread(src: LabHost, dst: LabHost, name: str,
+                       *extra: str) -> tuple[threading.Thread, dict[str, Any]]:
+    result: dict[str, Any] = {}
+
+    def go() -> None:
+        began = time.monotonic()
+        result["r"] = virsh(src.uri, "migrate", "--live", "--p2p", *extra, name, dst.uri)
+        result["s"] = time.monotonic() - began
+
+    thread = threading.Thread(target=go)
+    thread.start()
+    return thread, result
+
+
+def test_concurrent_migrations_and_max_workers(hosts: list[LabHost], tmp_path: Path) -> None:
+    # Checks the spec's concurrency rule: a migration holds one source worker during
+    # Perform. With the default pool two guests migrate at the same time; with
+    # max_workers = 1 (set at run time with virt-admin) the second waits its turn and
+    # then succeeds instead of failing.
+    src, dst = hosts
+    for name in ("m-c1", "m-c2"):
+        _start_guest(src, name, tmp_path, dirty_mb=8)
+    first, r1 = _migrate_in_thread(src, dst, "m-c1", "--bandwidth", "30")
+    second, r2 = _migrate_in_thread(src, dst, "m-c2", "--bandwidth", "30")
+    deadline = time.monotonic() + 30
+    while not (_qemu_pids(dst, "m-c1") and _qemu_pids(dst, "m-c2")):
+        assert time.monotonic() < deadline, "the two migrations did not run at once"
+        time.sleep(0.05)
+    first.join(180)
+    second.join(180)
+    assert r1["r"][0] == 0 and r2["r"][0] == 0, (r1, r2)
+    for name in ("m-c1", "m-c2"):  # back to the source with a one-worker pool there
+        _cleanup(dst, name)
+        _start_guest(src, name, tmp_path, dirty_mb=8)
+    _admin(src, "srv-threadpool-set", "libvirtd", "--min-workers", "1", "--max-workers", "1")
+    try:
+        first, r1 = _migrate_in_thread(src, dst, "m-c1", "--bandwidth", "30")
+        time.sleep(1.0)
+        second, r2 = _migrate_in_thread(src, dst, "m-c2", "--bandwidth", "30")
+        time.sleep(1.0)
+        assert not _qemu_pids(dst, "m-c2")  # waiting for the only worker, not failing
+        first.join(180)
+        second.join(180)
+        assert r1["r"][0] == 0 and r2["r"][0] == 0, (r1, r2)
+    finally:
+        _admin(src, "srv-threadpool-set", "libvirtd", "--max-workers", "20",
+               "--min-workers", "5")
+    for name in ("m-c1", "m-c2"):
+        assert virsh(dst.uri, "domstate", "--reason", name)[1] == "running (migrated)\n\n"
+        _cleanup(dst, name)
