@@ -865,3 +865,23 @@ def test_concurrent_migrations_and_max_workers(hosts: list[LabHost], tmp_path: P
     for name in ("m-c1", "m-c2"):
         assert virsh(dst.uri, "domstate", "--reason", name)[1] == "running (migrated)\n\n"
         _cleanup(dst, name)
+
+
+def test_graphicsuri(hosts: list[LabHost], tmp_path: Path) -> None:
+    # Checks: --graphicsuri reaches QEMU's client_migrate_info for a SPICE guest (QEMU
+    # accepts it and the guest moves); an unknown scheme is refused before anything moves.
+    src, dst = hosts
+    xml = tmp_path / "m-gfx.xml"
+    xml.write_text(domain_xml("m-gfx").replace(
+        "<memballoon", "<graphics type='spice' autoport='yes'/>\n    <memballoon"))
+    assert virsh(src.uri, "create", str(xml))[0] == 0
+    beat(serial(src, "m-gfx"), above=1)
+    rc, _, err = virsh(src.uri, "migrate", "--live", "--graphicsuri", "ftp://10.77.0.2",
+                       "m-gfx", dst.uri)
+    assert rc == 1 and "unknown graphics type ftp" in err, err
+    assert virsh(src.uri, "domstate", "m-gfx")[1] == "running\n\n"
+    rc, _, err = virsh(src.uri, "migrate", "--live", "--graphicsuri",
+                       "spice://10.77.0.2:5900", "m-gfx", dst.uri)
+    assert rc == 0, err
+    assert virsh(dst.uri, "domstate", "m-gfx")[1] == "running\n\n"
+    _cleanup(dst, "m-gfx")

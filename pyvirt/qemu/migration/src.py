@@ -39,7 +39,7 @@ from pyvirt.errors import (
     VirtError,
 )
 from pyvirt.qemu.domain_obj import DomainObj
-from pyvirt.qemu.migration import qemu_ops, tunnel
+from pyvirt.qemu.migration import graphics, qemu_ops, tunnel
 from pyvirt.qemu.migration.abi import check_abi_stable
 from pyvirt.qemu.migration.cookie import CookieStatistics
 from pyvirt.qemu.migration.cookie_io import make_cookie
@@ -165,11 +165,15 @@ async def perform_native(engine: MigrationEngine, obj: DomainObj, job: Migration
         await tick()
         if watch is not None:
             await watch()
+        if request.abort_on_error and obj.state == DomainState.PAUSED \
+                and obj.reason == PausedReason.IOERROR:
+            raise OperationFailedError("migration out job: failed due to I/O error")
         if job.tunnel is not None and job.tunnel.done() and job.tunnel.exception():
             raise OperationFailedError(f"tunnel failed: {job.tunnel.exception()}")
 
     try:
         await qemu_ops.apply_plan(monitor, request, Side.SOURCE, obj.migrate_max_speed_mib)
+        await graphics.relocate_clients(monitor, obj.current, request.graphics_uri)
         if stream is not None:
             uri = await _start_tunnel(monitor, job, stream, obj.name)
         obj.pending_pause_reason = PausedReason.MIGRATION
