@@ -6,7 +6,7 @@ from typing import Any
 
 from pyvirt.constants import MigrateFlags
 from pyvirt.daemon.context import Call, Handler, check_flags, handle_of
-from pyvirt.errors import InvalidArgError, OperationInvalidError, VirtError
+from pyvirt.errors import ErrorCode, InvalidArgError, OperationInvalidError, VirtError
 from pyvirt.qemu.migration.params import MigrationRequest, Side, parse_request
 from pyvirt.rpc.remote_protocol import RemoteProc as RP
 from pyvirt.rpc.remote_types import TypedParam, TypedParamType
@@ -25,7 +25,7 @@ async def begin3(call: Call, args: Any) -> Any:
     call.require_open()
     obj = call.domain(args["dom"])
     request = request_of(args, Side.SOURCE, "qemuDomainMigrateBegin3Params")
-    cookie, xml = await call.driver.migration.begin(obj, request)
+    cookie, xml = await call.driver.migration.begin(obj, request, call.client.id)
     return {"cookie_out": cookie, "xml": xml}
 
 
@@ -61,13 +61,26 @@ async def perform3(call: Call, args: Any) -> Any:
     return {"cookie_out": cookie}
 
 
+async def perform3_legacy(call: Call, args: Any) -> Any:
+    """MIGRATE_PERFORM3 (216): the old argument list, mapped onto typed parameters."""
+    params = [TypedParam.of_string(name, args[key])
+              for name, key in (("migrate_uri", "uri"), ("destination_xml", "xmlin"),
+                                ("destination_name", "dname")) if args[key]]
+    if args["resource"]:
+        params.append(TypedParam.of_ullong("bandwidth", args["resource"]))
+    return await perform3(call, {"dom": args["dom"], "dconnuri": args["dconnuri"],
+                                 "params": params, "cookie_in": args["cookie_in"],
+                                 "flags": args["flags"]})
+
+
 async def finish3(call: Call, args: Any) -> Any:
     call.require_open()
     request = request_of(args, Side.DESTINATION, "qemuDomainMigrateFinish3Params")
     obj, cookie = await call.driver.migration.finish(request, bytes(args["cookie_in"]),
                                                      bool(args["cancelled"]))
     if obj is None:
-        raise VirtError("operation failed: migration was cancelled", code=9)
+        # libvirt's answer to a cancelled Finish: the client keeps Perform's own error
+        raise VirtError("migration successfully aborted", code=ErrorCode.MIGRATE_FINISH_OK)
     return {"dom": handle_of(obj), "cookie_out": cookie}
 
 
@@ -157,6 +170,7 @@ HANDLERS: dict[int, Handler] = {
     RP.DOMAIN_MIGRATE_PREPARE3_PARAMS: prepare3,
     RP.DOMAIN_MIGRATE_PREPARE_TUNNEL3_PARAMS: prepare_tunnel3,
     RP.DOMAIN_MIGRATE_PERFORM3_PARAMS: perform3,
+    RP.DOMAIN_MIGRATE_PERFORM3: perform3_legacy,
     RP.DOMAIN_MIGRATE_FINISH3_PARAMS: finish3,
     RP.DOMAIN_MIGRATE_CONFIRM3_PARAMS: confirm3,
     RP.DOMAIN_GET_JOB_INFO: job_info,

@@ -126,6 +126,9 @@ class QemuDriver:
     def domain_by_uuid(self, uuid: str) -> DomainObj | None:
         return self._domains.get(uuid.lower())
 
+    def domain_by_name(self, name: str) -> DomainObj | None:
+        return next((obj for obj in self._domains.values() if obj.name == name), None)
+
     def list_all(self, flags: int = 0) -> list[DomainObj]:
         objs = sorted(self._domains.values(), key=lambda o: (o.dom_id < 0, o.dom_id, o.name))
         return [obj for obj in objs if domain_ops.list_filter_matches(obj, ListFlags(flags))]

@@ -59,6 +59,9 @@ class DomainRunner:
             "display")
         self._next_id = 1
         self.qmp_events = QmpEventHandler(self)
+        #: called when a domain's QEMU is gone, before it may be forgotten (migration
+        #: jobs give their ports back here)
+        self.stop_listeners: list[Callable[[DomainObj], None]] = []
 
     # -- start -------------------------------------------------------------------------
 
@@ -157,6 +160,8 @@ class DomainRunner:
                            detail: EventStoppedDetail) -> None:
         name, uuid, dom_id = obj.name, obj.uuid, obj.dom_id
         await self._teardown(obj)
+        for listener in list(self.stop_listeners):
+            listener(obj)
         obj.set_state(DomainState.SHUTOFF, reason)
         self.events.emit(DomainEvent(name, uuid, dom_id, LifecycleEvent.STOPPED, detail))
         if not obj.persistent:

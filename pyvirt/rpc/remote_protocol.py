@@ -115,6 +115,7 @@ class RemoteProc(enum.IntEnum):
     DOMAIN_SNAPSHOT_NUM = 187
     DOMAIN_CREATE_WITH_FLAGS = 196
     DOMAIN_MIGRATE_SET_MAX_SPEED = 207
+    DOMAIN_MIGRATE_PERFORM3 = 216
     DOMAIN_GET_STATE = 212
     DOMAIN_GET_CONTROL_INFO = 229
     DOMAIN_UNDEFINE_FLAGS = 231
@@ -394,6 +395,13 @@ _CANCELLED: Field = ("cancelled", Int)
 _PREPARE_ARGS = _struct("domain_migrate_prepare3_params_args", _PARAMS, _COOKIE_IN, _FLAGS)
 
 _MIGRATION = [
+    # the pre-parameters Perform, still what libvirt's client sends for --direct
+    _p(RP.DOMAIN_MIGRATE_PERFORM3,
+       _struct("domain_migrate_perform3_args", _DOM, ("xmlin", OptString), _COOKIE_IN,
+               ("dconnuri", OptString), ("uri", OptString), ("flags", UHyper),
+               ("dname", OptString), ("resource", UHyper)),
+       _struct("domain_migrate_perform3_ret", _COOKIE_OUT),
+       api="virDomainMigratePerform3"),
     _p(RP.DOMAIN_MIGRATE_BEGIN3_PARAMS,
        _struct("domain_migrate_begin3_params_args", _DOM, _PARAMS, _FLAGS),
        _struct("domain_migrate_begin3_params_ret", _COOKIE_OUT, ("xml", NonnullString)),

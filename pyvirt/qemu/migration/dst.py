@@ -27,7 +27,7 @@ from pyvirt.constants import (
     RunningReason,
     ShutoffReason,
 )
-from pyvirt.errors import InvalidArgError, OperationInvalidError
+from pyvirt.errors import InvalidArgError, OperationFailedError, OperationInvalidError
 from pyvirt.qemu.domain_obj import DomainObj
 from pyvirt.qemu.migration import qemu_ops, tunnel
 from pyvirt.qemu.migration.cookie_io import make_cookie, read_cookie
@@ -78,14 +78,32 @@ async def _start_incoming(engine: MigrationEngine, obj: DomainObj, job: Migratio
                           definition: Any, request: MigrationRequest) -> str:
     driver = engine.driver
     listen = request.listen_address or driver.settings.migration_address or "0.0.0.0"
-    job.port = engine.ports.allocate(listen)
+    wanted_host, wanted_port = _uri_in(request.migrate_uri)
+    if wanted_port is not None:
+        port = wanted_port  # the user's port (libvirt keeps uri_in's port)
+    else:
+        port = job.port = engine.ports.allocate(listen)
     await driver.runner.start(obj, definition, paused=True, incoming="defer")
     monitor = driver.runner.monitor(obj)
     await qemu_ops.apply_plan(monitor, request, Side.DESTINATION)
     bind = f"[{listen}]" if ":" in listen else listen
-    await monitor.execute("migrate-incoming", {"uri": f"tcp:{bind}:{job.port}"})
-    host = driver.settings.migration_host or socket.gethostname()
-    return f"tcp://{host}:{job.port}"
+    await monitor.execute("migrate-incoming", {"uri": f"tcp:{bind}:{port}"})
+    host = wanted_host or driver.settings.migration_host or socket.gethostname()
+    return f"tcp://{host}:{port}"
+
+
+def _uri_in(uri: str | None) -> tuple[str | None, int | None]:
+    """Host and port of a migrate_uri (``tcp://h:p``, ``tcp://h``, ``tcp:h:p``)."""
+    if not uri:
+        return None, None
+    rest = uri.split("://", 1)[1] if "://" in uri else uri.split(":", 1)[-1]
+    rest = rest.rstrip("/")
+    host, _, port = rest.rpartition(":") if rest.count(":") == 1 else (rest, "", "")
+    if not port:
+        return rest or None, None
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise InvalidArgError(f"invalid port in migration URI '{uri}'")
+    return host or None, int(port)
 
 
 async def _start_tunnelled(engine: MigrationEngine, obj: DomainObj, job: MigrationJob,
@@ -112,7 +130,13 @@ async def finish(engine: MigrationEngine, request: MigrationRequest, cookie_in: 
     name = request.destination_name or (cookie.name if cookie else None)
     if not name:
         raise InvalidArgError("missing destination name")
-    obj = driver.lookup_by_name(name)
+    obj = driver.domain_by_name(name)
+    if obj is None or (obj.migration is None and not request.offline):
+        reason = engine.incoming_errors.pop(name, None)
+        if cancelled:
+            return None, b""
+        raise OperationFailedError(f"migration in job: {reason}" if reason
+                                   else f"domain '{name}' is not being migrated in")
     if request.offline:
         return await _finish_offline(engine, obj, request), b""
     job = obj.migration

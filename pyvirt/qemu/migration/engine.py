@@ -44,12 +44,19 @@ class MigrationEngine:
         #: the statistics of the last finished job, per domain uuid (domjobinfo --completed)
         self.completed: dict[str, dict[str, int]] = {}
         driver.runner.qmp_events.listeners.append(self._on_qmp_event)
+        driver.runner.stop_listeners.append(self._on_domain_stopped)
+        #: why an incoming migration died before Finish (reported by Finish), per name
+        self.incoming_errors: dict[str, str] = {}
         self.journal = Journal(settings.state_dir / "migration")
 
     # -- phases --------------------------------------------------------------------------
 
-    async def begin(self, obj: DomainObj, request: MigrationRequest) -> tuple[bytes, str]:
-        return await src.begin(self, obj, request)
+    async def begin(self, obj: DomainObj, request: MigrationRequest,
+                    client_id: int | None = None) -> tuple[bytes, str]:
+        cookie, xml = await src.begin(self, obj, request)
+        if obj.migration is not None:
+            obj.migration.client_id = client_id  # the client driving a normal migration
+        return cookie, xml
 
     async def prepare(self, client_id: int | None, request: MigrationRequest,
                       cookie: bytes, stream: Stream | None = None) -> tuple[bytes, str | None]:
@@ -110,6 +117,13 @@ class MigrationEngine:
             obj.migration.end()
         obj.migration = None
 
+    def _on_domain_stopped(self, obj: DomainObj) -> None:
+        job = obj.migration
+        if job is not None and not job.outgoing:
+            if job.status not in ("completed",):
+                self.incoming_errors[obj.name] = "the destination QEMU exited during migration"
+            self.release(obj)
+
     def release(self, obj: DomainObj) -> None:
         job = obj.migration
         if job is not None and job.port is not None:
@@ -117,12 +131,19 @@ class MigrationEngine:
         self.end_job(obj)
 
     async def client_closed(self, client_id: int) -> None:
-        """The client that prepared incoming migrations is gone: drop them (autodestroy)."""
+        """The client driving a migration is gone (libvirt's ConnectionClosed): drop the
+        incoming ones it prepared; end an outgoing job it began, or abort its Perform."""
         for obj in self.driver.list_all():
             job = obj.migration
-            if job is not None and not job.outgoing and job.client_id == client_id:
-                log.warning("[dom=%s] migration client went away; cleaning up", obj.name)
+            if job is None or job.client_id != client_id:
+                continue
+            log.warning("[dom=%s] migration client went away; cleaning up", obj.name)
+            if not job.outgoing:
                 await dst.abandon(self, obj)
+            elif job.phase == Phase.BEGIN3:
+                self.end_job(obj)
+            elif job.phase == Phase.PERFORM3:
+                job.abort_requested = True
 
     def tick_for(self, obj: DomainObj, job: MigrationJob) -> Callable[[], Awaitable[None]]:
         async def tick() -> None:

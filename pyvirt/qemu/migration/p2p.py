@@ -73,7 +73,7 @@ async def _run_phases(engine: MigrationEngine, obj: DomainObj, dconn: AsyncConne
                       cookie: bytes, xml: str, request: MigrationRequest) -> None:
     dflags = int(request.destination_flags) & ~int(MigrateFlags.CHANGE_PROTECTION)
     dparams: list[TypedParam] = [p for p in request.destination_params()
-                                 if p.field not in ("migrate_uri", "destination_xml")]
+                                 if p.field != "destination_xml"]
     dparams.append(TypedParam.of_string("destination_xml", xml))
     stream: Stream | None = None
     uri_out: str | None = None
@@ -90,8 +90,8 @@ async def _run_phases(engine: MigrationEngine, obj: DomainObj, dconn: AsyncConne
     stats = src.statistics(job) if job is not None else None
     perform_cookie = make_cookie(engine.driver, obj.name, obj.uuid, stats)
     engine.remember_outgoing(obj)
-    outcome = await _finish(engine, obj, dconn, dparams, perform_cookie, dflags,
-                            failure is not None)
+    outcome, finish_error = await _finish(engine, obj, dconn, dparams, perform_cookie,
+                                          dflags, failure is not None)
     if outcome is None:
         engine.end_job(obj)
         raise OperationFailedError(
@@ -102,7 +102,9 @@ async def _run_phases(engine: MigrationEngine, obj: DomainObj, dconn: AsyncConne
     if failure is not None:
         raise failure
     if not outcome:
-        raise OperationFailedError("migration failed on the destination during Finish")
+        # the destination's own reason, as libvirt keeps it (orig_err)
+        raise finish_error or OperationFailedError(
+            "migration failed on the destination during Finish")
 
 
 async def _perform(engine: MigrationEngine, obj: DomainObj, dconn: AsyncConnection,
@@ -128,20 +130,20 @@ async def _perform(engine: MigrationEngine, obj: DomainObj, dconn: AsyncConnecti
 
 async def _finish(engine: MigrationEngine, obj: DomainObj, dconn: AsyncConnection,
                   dparams: list[TypedParam], cookie: bytes, dflags: int,
-                  cancelled: bool) -> bool | None:
-    """Finish on the destination: True when the guest runs there, False when not, None
-    when that cannot be known (the destination stayed unreachable)."""
+                  cancelled: bool) -> tuple[bool | None, VirtError | None]:
+    """Finish on the destination: (True, None) when the guest runs there, (False, error)
+    when not, (None, error) when that cannot be known (the destination stayed away)."""
     fparams = [p for p in dparams if p.field != "listen_address"]
     try:
         dom, _ = await dconn.migrate_finish3_params(fparams, cookie, dflags, cancelled)
     except VirtError as exc:
         if cancelled:
-            return False
+            return False, None
         log.error("[dom=%s] Finish on the destination failed: %s", obj.name, exc)
         if dconn.isAlive():
-            return False  # the destination answered: it did not take the guest
-        return await _ask_destination(engine, obj)
-    return dom is not None and not cancelled
+            return False, exc  # the destination answered: it did not take the guest
+        return await _ask_destination(engine, obj), exc
+    return dom is not None and not cancelled, None
 
 
 async def _ask_destination(engine: MigrationEngine, obj: DomainObj) -> bool | None:

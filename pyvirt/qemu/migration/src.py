@@ -177,6 +177,8 @@ async def perform_native(engine: MigrationEngine, obj: DomainObj, job: Migration
         if stream is not None:
             uri = await _start_tunnel(monitor, job, stream, obj.name)
         obj.pending_pause_reason = PausedReason.MIGRATION
+        if not request.live and obj.state == DomainState.RUNNING:
+            await monitor.execute("stop")  # without --live the guest waits while it moves
         await monitor.execute("migrate", {"uri": qemu_uri(uri)})
         # with post-copy the switch to the destination is the end of Perform (as libvirt);
         # the remaining pages follow while the destination already runs the guest
@@ -225,15 +227,14 @@ async def restore_source(engine: MigrationEngine, obj: DomainObj, job: Migration
         obj.set_state(DomainState.PAUSED, PausedReason.POSTCOPY_FAILED)
         engine.driver.runner.save_status(obj)
         return
-    if not obj.active or not job.was_running:
+    if not obj.active or not job.was_running or obj.state == DomainState.RUNNING:
+        return  # never paused: nothing to restore, the reason stays (as libvirt)
+    obj.pending_resume_reason = RunningReason.MIGRATION_CANCELED
+    try:
+        await engine.driver.runner.monitor(obj).execute("cont")
+    except VirtError as exc:
+        log.error("[dom=%s] cannot resume after failed migration: %s", obj.name, exc)
         return
-    if obj.state != DomainState.RUNNING:
-        obj.pending_resume_reason = RunningReason.MIGRATION_CANCELED
-        try:
-            await engine.driver.runner.monitor(obj).execute("cont")
-        except VirtError as exc:
-            log.error("[dom=%s] cannot resume after failed migration: %s", obj.name, exc)
-            return
     obj.set_state(DomainState.RUNNING, RunningReason.MIGRATION_CANCELED)
     engine.driver.runner.save_status(obj)
 
