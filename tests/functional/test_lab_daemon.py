@@ -18,27 +18,18 @@ from pathlib import Path
 
 import pytest
 
-from pyvirt.lab.guest import build_guest, domain_xml
-from pyvirt.lab.hosts import LabHost, lab_down, lab_ssh_key, lab_up
+from pyvirt.lab.guest import domain_xml
+from pyvirt.lab.hosts import LabHost, lab_ssh_key, lab_up
 from tests.functional.daemon_util import run
 from tests.functional.guestlog import SerialLog
+from tests.functional.labutil import serial, two_hosts
 
 pytestmark = [pytest.mark.qemu, pytest.mark.lab]
 
 
 @pytest.fixture(scope="module")
 def hosts() -> Iterator[list[LabHost]]:
-    if os.geteuid() != 0:
-        pytest.skip("lab hosts need root")
-    build_guest()
-    try:
-        yield lab_up(2)
-    finally:
-        lab_down()
-
-
-def serial(host: LabHost, name: str) -> SerialLog:
-    return SerialLog(host.dir / "log" / "qemu" / f"{name}-serial0.log")
+    yield from two_hosts()
 
 
 def virsh(host: LabHost, *args: str) -> tuple[int, str, str]:

@@ -29,32 +29,23 @@ from typing import Any
 import pytest
 
 import pyvirt
-from pyvirt.lab.guest import build_guest, domain_xml
-from pyvirt.lab.hosts import LabHost, lab_down, lab_up
+from pyvirt.lab.guest import domain_xml
+from pyvirt.lab.hosts import LabHost, lab_up
 from tests.functional.daemon_util import run
 from tests.functional.guestlog import SerialLog
+from tests.functional.labutil import serial, two_hosts
 
 pytestmark = [pytest.mark.qemu, pytest.mark.lab]
 
 
 @pytest.fixture(scope="module")
 def hosts() -> Iterator[list[LabHost]]:
-    if os.geteuid() != 0:
-        pytest.skip("lab hosts need root")
-    build_guest()
-    try:
-        yield lab_up(2)
-    finally:
-        lab_down()
+    yield from two_hosts()
 
 
 def virsh(uri: str, *args: str, timeout: float = 180) -> tuple[int, str, str]:
     proc = run(["virsh", "-c", uri, *args], timeout=timeout)
     return proc.returncode, proc.stdout, proc.stderr
-
-
-def serial(host: LabHost, name: str) -> SerialLog:
-    return SerialLog(host.dir / "log" / "qemu" / f"{name}-serial0.log")
 
 
 def beat(log: SerialLog, above: int = -1, timeout: float = 60) -> int:
