@@ -876,3 +876,41 @@ def test_graphicsuri(hosts: list[LabHost], tmp_path: Path) -> None:
     assert rc == 0, err
     assert virsh(dst.uri, "domstate", "m-gfx")[1] == "running\n\n"
     _cleanup(dst, "m-gfx")
+
+
+def test_postcopy_link_lost_leaves_both_sides_paused(hosts: list[LabHost],
+                                                     tmp_path: Path) -> None:
+    # Checks: the link breaks after the post-copy switchover; neither host discards or
+    # resumes its part of the guest: both report paused (post-copy failed), both QEMUs
+    # still exist, and the migration command reports the failure.
+    src, dst = hosts
+    name = "m-pcfail"
+    _start_guest(src, name, tmp_path, dirty_mb=96)
+    result: dict[str, tuple[int, str, str]] = {}
+    thread = threading.Thread(target=lambda: result.update(r=virsh(
+        src.uri, "migrate", "--live", "--p2p", "--postcopy", "--bandwidth", "5",
+        "--postcopy-bandwidth", "1", name,
+        dst.uri, timeout=240)))
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not _qemu_pids(dst, name):
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    time.sleep(1.0)
+    assert virsh(src.uri, "migrate-postcopy", name)[0] == 0
+    time.sleep(1.5)
+    link = f"pvlab-h{dst.index}"
+    assert run(["ip", "link", "set", link, "down"]).returncode == 0
+    try:
+        thread.join(200)
+    finally:
+        run(["ip", "link", "set", link, "up"])
+    rc, _, err = result["r"]
+    assert rc == 1, err
+    time.sleep(6)  # the destination notices the dead client by keepalive
+    for host in (src, dst):
+        state = virsh(host.uri, "domstate", "--reason", name)[1]
+        assert state == "paused (post-copy failed)\n\n", (host.name, state)
+        assert _qemu_pids(host, name), host.name
+    _cleanup(src, name)
+    _cleanup(dst, name)

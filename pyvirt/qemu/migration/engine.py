@@ -13,7 +13,15 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from pyvirt.conf.domain import DomainDef
-from pyvirt.constants import JobOperation, JobType, MigrateFlags
+from pyvirt.constants import (
+    DomainState,
+    EventSuspendedDetail,
+    JobOperation,
+    JobType,
+    LifecycleEvent,
+    MigrateFlags,
+    PausedReason,
+)
 from pyvirt.errors import OperationFailedError, OperationInvalidError
 from pyvirt.qemu.domain_obj import DomainObj
 from pyvirt.qemu.events import MigrationIterationEvent
@@ -31,6 +39,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MIB = 1024 * 1024
+#: QEMU states in which the destination already runs the guest (post-copy switched)
+POSTCOPY_STARTED = frozenset({"postcopy-active", *qemu_ops.POSTCOPY_BROKEN})
 #: libvirt's QEMU_DOMAIN_MIG_BANDWIDTH_MAX (MiB/s): what migrate-getspeed says by default
 BANDWIDTH_MAX_MIB = (2**63 - 1) // MIB
 
@@ -117,6 +127,16 @@ class MigrationEngine:
             obj.migration.end()
         obj.migration = None
 
+    def postcopy_failed(self, obj: DomainObj) -> None:
+        """Post-copy broke: part of the guest is on each side. Keep both, paused."""
+        if obj.state != DomainState.PAUSED or obj.reason != PausedReason.POSTCOPY_FAILED:
+            log.error("[dom=%s] post-copy migration failed; guest paused (post-copy failed)",
+                      obj.name)
+            obj.set_state(DomainState.PAUSED, PausedReason.POSTCOPY_FAILED)
+            self.driver.runner.save_status(obj)
+            self.driver.runner.emit(obj, LifecycleEvent.SUSPENDED,
+                                    EventSuspendedDetail.POSTCOPY_FAILED)
+
     def _on_domain_stopped(self, obj: DomainObj) -> None:
         job = obj.migration
         if job is not None and not job.outgoing:
@@ -138,7 +158,10 @@ class MigrationEngine:
             if job is None or job.client_id != client_id:
                 continue
             log.warning("[dom=%s] migration client went away; cleaning up", obj.name)
-            if not job.outgoing:
+            if not job.outgoing and job.status in POSTCOPY_STARTED:
+                # the guest already runs from this side's memory: keep it, reported
+                self.postcopy_failed(obj)
+            elif not job.outgoing:
                 await dst.abandon(self, obj)
             elif job.phase == Phase.BEGIN3:
                 self.end_job(obj)
@@ -158,6 +181,8 @@ class MigrationEngine:
             return
         if name == "MIGRATION":
             job.on_status(str(data.get("status", "")))
+            if job.status in qemu_ops.POSTCOPY_BROKEN:
+                self.postcopy_failed(obj)
         elif name == "MIGRATION_PASS":
             job.iteration = int(data.get("pass", 0))
             if job.outgoing:

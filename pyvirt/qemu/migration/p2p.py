@@ -17,10 +17,10 @@ import logging
 from typing import TYPE_CHECKING
 
 from pyvirt.client.aio import AsyncConnection
-from pyvirt.constants import MigrateFlags
+from pyvirt.constants import DomainState, MigrateFlags, PausedReason
 from pyvirt.errors import OperationFailedError, VirtError
 from pyvirt.qemu.domain_obj import DomainObj
-from pyvirt.qemu.migration import src
+from pyvirt.qemu.migration import qemu_ops, src
 from pyvirt.qemu.migration.cookie_io import make_cookie
 from pyvirt.qemu.migration.params import MigrationRequest
 from pyvirt.rpc.remote_types import TypedParam
@@ -93,6 +93,8 @@ async def _run_phases(engine: MigrationEngine, obj: DomainObj, dconn: AsyncConne
     outcome, finish_error = await _finish(engine, obj, dconn, dparams, perform_cookie,
                                           dflags, failure is not None)
     if outcome is None:
+        if job is not None and job.status in ("postcopy-active", *qemu_ops.POSTCOPY_BROKEN):
+            engine.postcopy_failed(obj)
         engine.end_job(obj)
         raise OperationFailedError(
             "lost the destination after the guest moved; its outcome is unknown, so the "
@@ -160,9 +162,12 @@ async def _ask_destination(engine: MigrationEngine, obj: DomainObj) -> bool | No
             continue
         try:
             dom = await dconn.lookupByUUIDString(obj.uuid)
-            return bool(await dom.isActive())
+            state, reason = await dom.state()
         except VirtError:
             return False
         finally:
             await dconn.close()
+        if state == DomainState.PAUSED and reason == PausedReason.POSTCOPY_FAILED:
+            return None  # split between the hosts: neither side may be discarded
+        return state in (DomainState.RUNNING, DomainState.PAUSED)
     return None

@@ -100,7 +100,12 @@ async def _recover_in(engine: MigrationEngine, obj: DomainObj, entry: JournalEnt
     if entry.phase == "prepare":
         from pyvirt.qemu.migration import dst
 
-        await dst.abandon(engine, obj)
+        status = (await engine.driver.runner.monitor(obj).execute("query-migrate")).get(
+            "status", "")
+        if status in ("postcopy-active", *qemu_ops.POSTCOPY_BROKEN):
+            engine.postcopy_failed(obj)  # the guest already ran here: never discard it
+        else:
+            await dst.abandon(engine, obj)
     elif not entry.flags & MigrateFlags.PAUSED and obj.state != DomainState.RUNNING:
         obj.pending_resume_reason = RunningReason.MIGRATED
         await engine.driver.runner.monitor(obj).execute("cont")
