@@ -16,8 +16,9 @@ the next QEMU a daemon starts does):
   ``incoming_die_after_bytes`` (below)
 
 and by a control socket (``FAKE_QEMU_CONTROL`` = path prefix; the fake listens on
-``PREFIX.<uuid>``) that accepts JSON lines ``{"emit": NAME, "data": {...}}`` or
-``{"exit": CODE}`` so tests can inject guest events at a chosen moment.
+``PREFIX.<uuid>``) that accepts JSON lines ``{"emit": NAME, "data": {...}}``,
+``{"exit": CODE}`` or ``{"faults": {...}}`` (replace the faults) so tests can inject guest
+events at a chosen moment.
 
 Migration model (QEMU 10's QMP surface, a toy stream)::
 
@@ -36,7 +37,8 @@ Each 256 KiB of *virtual* guest RAM travels as one 1 KiB line, so 64 MiB cost 25
 ``MIGRATION`` events are sent only when the ``events`` capability is on (as in QEMU).
 ``migrate_cancel`` or a failure leaves the guest running (QEMU restarts a guest it stopped
 for the switchover; one paused before the migration stays paused). A destination whose
-stream breaks reports ``failed`` and exits 1, as QEMU's "load of migration failed" does. Migration faults:
+stream breaks reports ``failed`` and exits 1, as QEMU's "load of migration failed" does.
+Migration faults:
 
 - ``ram_bytes``: guest RAM to send (default: ``-m``, else 64 MiB)
 - ``migrate_duration_s``: pace the copy so it takes at least this long
@@ -243,7 +245,7 @@ class Migration:
         self.sent = self.passes = 0
         self.started = self.setup_done = self.ended = self.stopped_at = 0.0
         self.autostart = "-S" not in vm.argv
-        self.was_running = False
+        self.was_running = self.outgoing = False
         self.task: asyncio.Task[None] | None = None
         self.server: asyncio.AbstractServer | None = None
 
@@ -294,8 +296,8 @@ class Migration:
 
     def cmd_query_migrate(self, args: dict[str, Any]) -> Any:
         info: dict[str, Any] = {"status": self.status}
-        if self.status == "none" or self.vm.incoming:
-            return info
+        if not self.outgoing:
+            return info  # a destination reports only its state
         now = self.ended or time.monotonic()
         elapsed = max(now - self.started, 1e-3)
         total = self.vm.ram_bytes()
@@ -313,9 +315,7 @@ class Migration:
             info["expected-downtime"] = self.vm.params["downtime-limit"]
         if self.vm.caps["xbzrle"]:
             info["xbzrle-cache"] = {"cache-size": self.vm.params["xbzrle-cache-size"],
-                                    "bytes": 0, "pages": 0, "cache-miss": 0,
-                                    "cache-miss-rate": 0.0, "encoding-rate": 0.0,
-                                    "overflow": 0}
+                                    **dict.fromkeys(("bytes", "pages", "cache-miss"), 0)}
         if self.vm.caps["auto-converge"] and self.status == "active":
             info["cpu-throttle-percentage"] = self.vm.params["cpu-throttle-initial"]
         if self.error:
@@ -328,16 +328,10 @@ class Migration:
             self.task.cancel()
         return {}
 
-    def cmd_migrate_start_postcopy(self, args: dict[str, Any]) -> Any:
-        if not self.vm.caps["postcopy-ram"]:
-            raise CommandError("Enable postcopy with migrate_set_capability before the "
-                               "start of migration")
-        return {}
-
     # -- source ----------------------------------------------------------------------
 
     def cmd_migrate(self, args: dict[str, Any]) -> Any:
-        if self.vm.incoming:
+        if self.vm.status == "inmigrate":
             raise CommandError("Guest is waiting for an incoming migration")
         if self.status in ACTIVE:
             raise CommandError("There's a migration process in progress")
@@ -345,10 +339,20 @@ class Migration:
         self.sent = self.passes = 0
         self.error, self.ended, self.stopped_at = "", 0.0, 0.0
         self.started = time.monotonic()
-        self.was_running = self.vm.status == "running"
+        self.was_running, self.outgoing = self.vm.status == "running", True
         self.set_status("setup")
         self.task = asyncio.get_running_loop().create_task(self._outgoing(host, port))
+        self.task.add_done_callback(self._reap)
         return {}
+
+    def _reap(self, task: asyncio.Task[None]) -> None:
+        """Whatever ended the copy (even a cancel before it ran), the state is final."""
+        if not task.cancelled() and task.exception() is not None:
+            print(f"fake qemu: migration: {task.exception()!r}", file=sys.stderr)
+        if self.status == "cancelling":
+            self._ended_badly("cancelled")
+        elif self.status not in ("completed", "failed", "cancelled"):
+            self._ended_badly("failed", "fake qemu: the migration ended unexpectedly")
 
     async def _outgoing(self, host: str, port: int) -> None:
         writer = None
@@ -391,14 +395,14 @@ class Migration:
             if fail_after is not None and elapsed >= float(fail_after):
                 raise StreamError("fake qemu: injected migration failure")
             rate = max(float(self.vm.params["max-bandwidth"]), 1.0)
-            due = self.sent / rate if duration <= 0 else max(self.sent / rate,
-                                                             duration * self.sent / total)
+            step = min(CHUNK, total - self.sent)  # this chunk is due once sent at the rate
+            due = max((self.sent + step) / rate, duration * (self.sent + step) / total)
             if due > elapsed:
                 await asyncio.sleep(min(due - elapsed, 0.05))
                 continue
             writer.write(line)
             await writer.drain()
-            self.sent += min(CHUNK, total - self.sent)
+            self.sent += step
 
     async def _switchover(self, reader: asyncio.StreamReader,
                           writer: asyncio.StreamWriter) -> None:
@@ -511,8 +515,8 @@ async def serve_qmp(fake: FakeQemu, reader: asyncio.StreamReader,
                 reply["id"] = request["id"]
             writer.write((json.dumps(reply) + "\r\n").encode())
             await writer.drain()
-    except (ConnectionError, json.JSONDecodeError):
-        pass
+    except (ConnectionError, json.JSONDecodeError, asyncio.CancelledError):
+        pass  # the client left, or the fake is exiting
     finally:
         fake.writers.remove(writer)
 
@@ -543,6 +547,8 @@ async def serve_control(fake: FakeQemu, reader: asyncio.StreamReader,
                 fake.status = "paused"
         if "exit" in order:
             fake.quit(int(order["exit"]))
+        if "faults" in order:
+            fake.faults = dict(order["faults"])
         writer.write(b"ok\n")
         await writer.drain()
 
