@@ -33,7 +33,7 @@ from pyvirt.errors import (
     VirtError,
 )
 from pyvirt.qemu.driver import QemuDriver
-from pyvirt.qemu.events import DomainEvent
+from pyvirt.qemu.events import AnyEvent, DomainEvent
 from tests.conftest import FAKE_QEMU, DriverFactory
 
 
@@ -55,7 +55,12 @@ def domain_xml(name: str = "g1", uuid: str | None = None, extra: str = "") -> st
 
 def record(driver: QemuDriver) -> list[DomainEvent]:
     events: list[DomainEvent] = []
-    driver.events.subscribe(events.append)
+
+    def keep(event: AnyEvent) -> None:
+        if isinstance(event, DomainEvent):
+            events.append(event)
+
+    driver.events.subscribe(keep)
     return events
 
 
