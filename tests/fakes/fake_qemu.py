@@ -31,8 +31,10 @@ Migration model (QEMU 10's QMP surface, a toy stream)::
       STOP (runstate finish-migrate), PASS 2
       "E\\n" ─────────────────────────────────────► completed; runstate paused (or running
       ◄──────────────────────────── "OK\\n"           without -S, RESUME)
-      completed; runstate postmigrate
+      completed; runstate postmigrate      (the "OK" only with the return-path capability)
 
+Instead of ``tcp:``, both ends take ``fd:NAME``: a socket passed over the monitor with
+SCM_RIGHTS and named by ``getfd`` (tunnelled migration).
 Each 256 KiB of *virtual* guest RAM travels as one 1 KiB line, so 64 MiB cost 256 KiB.
 ``MIGRATION`` events are sent only when the ``events`` capability is on (as in QEMU).
 ``migrate_cancel`` or a failure leaves the guest running (QEMU restarts a guest it stopped
@@ -59,8 +61,10 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import sys
 import time
+from array import array
 from typing import Any
 
 MACHINES = """Supported machines are:
@@ -104,7 +108,11 @@ class FakeQemu:
         self.incoming = self.option("-incoming")
         self.status = "inmigrate" if self.incoming else \
             "prelaunch" if "-S" in argv else "running"
-        self.writers: list[asyncio.StreamWriter] = []
+        self.writers: list[QmpWriter] = []
+        #: descriptors passed over the monitor (SCM_RIGHTS), then named by ``getfd``
+        self.passed_fds: list[int] = []
+        self.fds: dict[str, int] = {}
+        self.tasks: set[asyncio.Task[None]] = set()
         self.done = asyncio.Event()
         self.exit_code = 0
         self.caps = dict.fromkeys(CAPABILITIES, False)
@@ -222,6 +230,25 @@ class FakeQemu:
     def cmd_set_password(self, args: dict[str, Any]) -> Any:
         return {}
 
+    def cmd_getfd(self, args: dict[str, Any]) -> Any:
+        if not self.passed_fds:
+            raise CommandError("No file descriptor supplied via SCM_RIGHTS")
+        self.fds[args["fdname"]] = self.passed_fds.pop(0)
+        return {}
+
+    def take_fd(self, uri: str) -> socket.socket:
+        """The socket behind ``fd:NAME`` (a migration URI), or a QMP error."""
+        fd = self.fds.pop(uri.removeprefix("fd:"), None)
+        if fd is None:
+            raise CommandError(f"File descriptor named '{uri[3:]}' has not been found")
+        return socket.socket(fileno=fd)
+
+    def spawn(self, coro: Any) -> asyncio.Task[None]:
+        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+        return task
+
     def cmd_quit(self, args: dict[str, Any]) -> Any:
         self.emit("SHUTDOWN", {"guest": False, "reason": "host-qmp-quit"})
         asyncio.get_running_loop().call_later(0.01, self.quit)
@@ -335,13 +362,14 @@ class Migration:
             raise CommandError("Guest is waiting for an incoming migration")
         if self.status in ACTIVE:
             raise CommandError("There's a migration process in progress")
-        host, port = parse_tcp(args.get("uri", ""))
+        uri = str(args.get("uri", ""))
+        target = self.vm.take_fd(uri) if uri.startswith("fd:") else parse_tcp(uri)
         self.sent = self.passes = 0
         self.error, self.ended, self.stopped_at = "", 0.0, 0.0
         self.started = time.monotonic()
         self.was_running, self.outgoing = self.vm.status == "running", True
         self.set_status("setup")
-        self.task = asyncio.get_running_loop().create_task(self._outgoing(host, port))
+        self.task = self.vm.spawn(self._outgoing(target))
         self.task.add_done_callback(self._reap)
         return {}
 
@@ -354,14 +382,10 @@ class Migration:
         elif self.status not in ("completed", "failed", "cancelled"):
             self._ended_badly("failed", "fake qemu: the migration ended unexpectedly")
 
-    async def _outgoing(self, host: str, port: int) -> None:
+    async def _outgoing(self, target: socket.socket | tuple[str, int]) -> None:
         writer = None
         try:
-            try:
-                reader, writer = await asyncio.open_connection(host, port)
-            except OSError as exc:
-                raise StreamError(f"Failed to connect to '{host}:{port}': {exc.strerror}") \
-                    from exc
+            reader, writer = await _connect(target)
             self.setup_done = time.monotonic()
             self.pass_done()
             self.set_status("active")
@@ -412,12 +436,13 @@ class Migration:
         self.pass_done()
         writer.write(b"E\n")
         await writer.drain()
-        try:
-            ack = await asyncio.wait_for(reader.readline(), 10)
-        except TimeoutError:
-            ack = b""
-        if ack != b"OK\n":
-            raise StreamError("Unable to read from socket: Connection reset by peer")
+        if self.vm.caps["return-path"]:  # the destination confirms the end of the stream
+            try:
+                ack = await asyncio.wait_for(reader.readline(), 10)
+            except TimeoutError:
+                ack = b""
+            if ack != b"OK\n":
+                raise StreamError("Unable to read from socket: Connection reset by peer")
         if self.vm.status == "finish-migrate":
             self.vm.status = "postmigrate"
         self.set_status("completed")
@@ -432,6 +457,11 @@ class Migration:
         return self.listen(args.get("uri", ""))
 
     async def listen(self, uri: str) -> dict[str, Any]:
+        if uri.startswith("fd:"):  # the stream comes on a socket handed over with getfd
+            reader, writer = await asyncio.open_connection(sock=self.vm.take_fd(uri))
+            self.set_status("setup")
+            self.vm.spawn(self._incoming(reader, writer))
+            return {}
         host, port = parse_tcp(uri)
         try:
             self.server = await asyncio.start_server(self._incoming, host.strip("[]"), port)
@@ -442,15 +472,16 @@ class Migration:
 
     async def _incoming(self, reader: asyncio.StreamReader,
                         writer: asyncio.StreamWriter) -> None:
-        if self.status != "setup" or self.server is None:
+        if self.status != "setup":
             writer.close()
             return
-        self.server.close()  # QEMU stops listening once the source is connected
+        if self.server is not None:
+            self.server.close()  # QEMU stops listening once the source is connected
         self.set_status("active")
         try:
-            await self._receive(reader)
-            writer.write(b"OK\n")
-            await writer.drain()
+            if await self._receive(reader):
+                writer.write(b"OK\n")
+                await writer.drain()
         except (StreamError, OSError) as exc:
             print(f"fake qemu: load of migration failed: {exc}", file=sys.stderr)
             self.set_status("failed", str(exc))
@@ -459,7 +490,8 @@ class Migration:
         self.set_status("completed")
         self.vm.set_runstate("running" if self.autostart else "paused")
 
-    async def _receive(self, reader: asyncio.StreamReader) -> None:
+    async def _receive(self, reader: asyncio.StreamReader) -> bool:
+        """Read the stream; True: the source wants the return path's confirmation."""
         header = await reader.readline()
         if not header.startswith(b"QEVM "):
             raise StreamError("Input/output error")
@@ -477,10 +509,22 @@ class Migration:
             received += len(line) * SCALE
             if die_after is not None and received >= int(die_after):
                 os.kill(os.getpid(), signal.SIGKILL)
+        return "return-path" in sent["caps"]
 
 
 class StreamError(Exception):
     """A migration stream failure, worded as QEMU's error-desc."""
+
+
+async def _connect(target: socket.socket | tuple[str, int],
+                   ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    if isinstance(target, socket.socket):
+        return await asyncio.open_connection(sock=target)
+    try:
+        return await asyncio.open_connection(*target)
+    except OSError as exc:
+        raise StreamError(f"Failed to connect to '{target[0]}:{target[1]}': "
+                          f"{exc.strerror}") from exc
 
 
 def parse_tcp(uri: str) -> tuple[str, int]:
@@ -492,8 +536,50 @@ def parse_tcp(uri: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-async def serve_qmp(fake: FakeQemu, reader: asyncio.StreamReader,
-                    writer: asyncio.StreamWriter) -> None:
+class QmpWriter:
+    """The sending half of a monitor connection (small messages: plain blocking sends)."""
+
+    def __init__(self, conn: socket.socket) -> None:
+        self.conn = conn
+
+    def write(self, data: bytes) -> None:
+        with contextlib.suppress(OSError):
+            self.conn.sendall(data)
+
+    async def drain(self) -> None:
+        return None
+
+
+async def serve_monitor(fake: FakeQemu, listener: socket.socket) -> None:
+    """Accept monitor connections; read them with recvmsg so that descriptors passed with
+    SCM_RIGHTS (for ``getfd``) reach ``fake.passed_fds``."""
+    loop = asyncio.get_running_loop()
+    while True:
+        conn, _ = await loop.sock_accept(listener)
+        conn.setblocking(True)
+        reader = asyncio.StreamReader()
+        loop.add_reader(conn.fileno(), _read_monitor, fake, conn, reader)
+        fake.spawn(serve_qmp(fake, reader, QmpWriter(conn)))
+
+
+def _read_monitor(fake: FakeQemu, conn: socket.socket, reader: asyncio.StreamReader) -> None:
+    try:
+        data, ancdata, _, _ = conn.recvmsg(65536, socket.CMSG_SPACE(64), socket.MSG_DONTWAIT)
+    except BlockingIOError:
+        return
+    except OSError:
+        data, ancdata = b"", []
+    for level, kind, payload in ancdata:
+        if (level, kind) == (socket.SOL_SOCKET, socket.SCM_RIGHTS):
+            fake.passed_fds.extend(array("i", payload[:len(payload) - len(payload) % 4]))
+    if data:
+        reader.feed_data(data)
+    else:
+        asyncio.get_running_loop().remove_reader(conn.fileno())
+        reader.feed_eof()
+
+
+async def serve_qmp(fake: FakeQemu, reader: asyncio.StreamReader, writer: QmpWriter) -> None:
     greeting = {"QMP": {"version": {"qemu": {"major": 10, "minor": 0, "micro": 2},
                                     "package": "fake"}, "capabilities": []}}
     writer.write((json.dumps(greeting) + "\r\n").encode())
@@ -519,6 +605,8 @@ async def serve_qmp(fake: FakeQemu, reader: asyncio.StreamReader,
         pass  # the client left, or the fake is exiting
     finally:
         fake.writers.remove(writer)
+        asyncio.get_running_loop().remove_reader(writer.conn.fileno())
+        writer.conn.close()
 
 
 async def _json_stream(reader: asyncio.StreamReader) -> Any:
@@ -580,14 +668,19 @@ async def run(argv: list[str]) -> int:
             handle.write(f"{os.getpid()}\n")
     if fake.incoming not in (None, "defer"):
         await fake.mig.listen(str(fake.incoming))
-    server = await asyncio.start_unix_server(
-        lambda r, w: serve_qmp(fake, r, w), path=fake.monitor_path())
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(fake.monitor_path())  # a stale socket, as asyncio's unix servers do
+    listener.bind(fake.monitor_path())
+    listener.listen()
+    listener.setblocking(False)
+    fake.spawn(serve_monitor(fake, listener))
     control_prefix = os.environ.get("FAKE_QEMU_CONTROL")
     if control_prefix:
         await asyncio.start_unix_server(lambda r, w: serve_control(fake, r, w),
                                         path=f"{control_prefix}.{fake.option('-uuid')}")
-    async with server:
-        await fake.done.wait()
+    await fake.done.wait()
+    listener.close()
     return fake.exit_code
 
 

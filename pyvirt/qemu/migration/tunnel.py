@@ -69,5 +69,12 @@ async def pump_stream_to_qemu(stream: Stream, sock: socket.socket) -> None:
         log.warning("tunnelled migration stream ended with an error: %s", exc)
     except OSError as exc:
         await stream.error(OperationFailedError(f"destination QEMU stopped reading: {exc}"))
+    except asyncio.CancelledError:
+        # the incoming job ended (e.g. its QEMU died): tell the source now, not at its
+        # keepalive timeout
+        with contextlib.suppress(Exception):
+            await stream.error(OperationFailedError(
+                "migration in job: the destination QEMU is gone"))
+        raise
     finally:
         sock.close()
