@@ -153,15 +153,23 @@ async def _ask_destination(engine: MigrationEngine, obj: DomainObj) -> bool | No
     job = obj.migration
     if job is None or job.dconnuri is None:
         return None
-    deadline = asyncio.get_running_loop().time() + OUTCOME_WAIT_S
-    while asyncio.get_running_loop().time() < deadline:
+    return await destination_outcome(job.dconnuri, obj.uuid, OUTCOME_WAIT_S)
+
+
+async def destination_outcome(dconnuri: str, uuid: str, wait_s: float) -> bool | None:
+    """Does the destination run the guest? True/False, or None when it cannot be known
+    (unreachable for ``wait_s`` seconds, or post-copy broke between the hosts)."""
+    deadline = asyncio.get_running_loop().time() + wait_s
+    while True:
         try:
-            dconn = await AsyncConnection.open(job.dconnuri)
+            dconn = await AsyncConnection.open(dconnuri)
         except VirtError:
+            if asyncio.get_running_loop().time() >= deadline:
+                return None
             await asyncio.sleep(1.0)
             continue
         try:
-            dom = await dconn.lookupByUUIDString(obj.uuid)
+            dom = await dconn.lookupByUUIDString(uuid)
             state, reason = await dom.state()
         except VirtError:
             return False
@@ -170,4 +178,3 @@ async def _ask_destination(engine: MigrationEngine, obj: DomainObj) -> bool | No
         if state == DomainState.PAUSED and reason == PausedReason.POSTCOPY_FAILED:
             return None  # split between the hosts: neither side may be discarded
         return state in (DomainState.RUNNING, DomainState.PAUSED)
-    return None

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
-from pyvirt.client.aio import AsyncConnection
 from pyvirt.constants import (
     DomainState,
     EventStoppedDetail,
@@ -13,9 +12,8 @@ from pyvirt.constants import (
     RunningReason,
     ShutoffReason,
 )
-from pyvirt.errors import VirtError
 from pyvirt.qemu.domain_obj import DomainObj
-from pyvirt.qemu.migration import qemu_ops
+from pyvirt.qemu.migration import p2p, qemu_ops
 from pyvirt.qemu.migration.journal import JournalEntry
 
 if TYPE_CHECKING:
@@ -49,7 +47,7 @@ async def _recover_out(engine: MigrationEngine, obj: DomainObj, entry: JournalEn
     if entry.phase == "confirm3":
         await _finish_source(engine, obj, entry)
     elif entry.phase == "perform3_done":
-        if entry.dconnuri and await _running_on_destination(entry):
+        if entry.dconnuri and await p2p.destination_outcome(entry.dconnuri, entry.uuid, 0):
             await _finish_source(engine, obj, entry)
         elif entry.dconnuri:
             await _resume(engine, obj)
@@ -58,23 +56,6 @@ async def _recover_out(engine: MigrationEngine, obj: DomainObj, entry: JournalEn
                         obj.name)
     else:
         await _resume(engine, obj)
-
-
-async def _running_on_destination(entry: JournalEntry) -> bool:
-    assert entry.dconnuri is not None
-    try:
-        dconn = await AsyncConnection.open(entry.dconnuri)
-    except VirtError as exc:
-        log.error("[dom=%s] cannot ask the destination %s: %s", entry.name, entry.dconnuri,
-                  exc)
-        return False
-    try:
-        dom = await dconn.lookupByUUIDString(entry.uuid)
-        return bool(await dom.isActive())
-    except VirtError:
-        return False
-    finally:
-        await dconn.close()
 
 
 async def _finish_source(engine: MigrationEngine, obj: DomainObj, entry: JournalEntry) -> None:
