@@ -87,3 +87,11 @@ def _assert_no_leftover_qemu(root: Path) -> None:
             leftovers.append(int(entry.name))
             os.kill(int(entry.name), 9)
     assert not leftovers, f"QEMU processes left behind: {leftovers}"
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Tests that bring lab hosts up hold the lab for the rest of the run (one user at once)."""
+    if item.path.name.startswith("test_lab_") and os.geteuid() == 0:
+        from pyvirt.lab.uselock import acquire_lab
+
+        acquire_lab(f"pytest {item.path.name}")
