@@ -5,7 +5,7 @@ set -euo pipefail
 
 APT_PACKAGES=(qemu-system-x86 qemu-utils qemu-system-modules-spice busybox-static cpio
               iproute2 gcc libc6-dev python3-venv libvirt-clients python3-libvirt
-              openssh-server openssh-client sshpass procps psmisc)
+              openssh-server openssh-client sshpass procps psmisc e2fsprogs util-linux)
 # Packages that must come from backports on Debian 12 (its QEMU 7.2 loses TCG writes
 # during migration; pyvirt needs >= 9.0).
 QEMU_PACKAGES=(qemu-system-x86 qemu-utils qemu-system-modules-spice qemu-system-common

@@ -97,13 +97,18 @@ async def job_info(call: Call, args: Any) -> Any:
     return await call.driver.migration.job_info(call.domain(args["dom"]))
 
 
+#: job statistics libvirt types as INT (virsh reads them with virTypedParamsGetInt and fails
+#: on any other type); all the others are ULLONG
+SIGNED_JOB_STATS = frozenset({"operation", "auto_converge_throttle"})
+
+
 async def job_stats(call: Call, args: Any) -> Any:
     call.require_open()
     flags = args["flags"]
     check_flags(flags, JOB_STATS_COMPLETED | JOB_STATS_KEEP_COMPLETED, "virDomainGetJobStats")
     job_type, stats = await call.driver.migration.job_stats(
         call.domain(args["dom"]), bool(flags & JOB_STATS_COMPLETED))
-    params = [TypedParam(name, TypedParamType.INT if name == "operation"
+    params = [TypedParam(name, TypedParamType.INT if name in SIGNED_JOB_STATS
                          else TypedParamType.ULLONG, value) for name, value in stats.items()]
     return {"type": job_type, "params": params}
 

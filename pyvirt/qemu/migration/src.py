@@ -229,6 +229,8 @@ async def restore_source(engine: MigrationEngine, obj: DomainObj, job: Migration
         return
     if not obj.active or not job.was_running or obj.state == DomainState.RUNNING:
         return  # never paused: nothing to restore, the reason stays (as libvirt)
+    if obj.reason == PausedReason.IOERROR:
+        return  # the guest's disk failed: resuming would only repeat the error (as libvirt)
     obj.pending_resume_reason = RunningReason.MIGRATION_CANCELED
     try:
         await engine.driver.runner.monitor(obj).execute("cont")
