@@ -14,6 +14,7 @@ the next QEMU a daemon starts does):
 - ``delay_commands``: {command: seconds} before answering (a slow QEMU)
 - migration: ``ram_bytes``, ``migrate_duration_s``, ``migrate_fail_after_s``,
   ``incoming_die_after_bytes`` (below)
+- storage migration (NBD, mirrors): see ``fake_qemu_block.py``
 
 and by a control socket (``FAKE_QEMU_CONTROL`` = path prefix; the fake listens on
 ``PREFIX.<uuid>``) that accepts JSON lines ``{"emit": NAME, "data": {...}}``,
@@ -67,6 +68,11 @@ import time
 from array import array
 from typing import Any
 
+try:  # run as a script (how the daemons start it): this directory is on sys.path
+    from fake_qemu_block import Block, BlockError  # type: ignore[import-not-found]
+except ModuleNotFoundError:  # imported from the tests package (type checking, tools)
+    from tests.fakes.fake_qemu_block import Block, BlockError
+
 MACHINES = """Supported machines are:
 pc                   Standard PC (i440FX + PIIX, 1996) (alias of pc-i440fx-10.0)
 pc-i440fx-10.0       Standard PC (i440FX + PIIX, 1996) (default)
@@ -98,7 +104,8 @@ PARAMETERS: dict[str, Any] = {
 MULTIFD_KEYS = ("multifd-channels", "multifd-compression")
 CHUNK = 256 * 1024  # virtual bytes per stream line
 SCALE = 256  # virtual bytes per real byte
-ACTIVE = frozenset({"setup", "active", "postcopy-active", "device", "cancelling"})
+ACTIVE = frozenset({"setup", "active", "postcopy-active", "pre-switchover", "device",
+                    "cancelling"})
 
 
 class FakeQemu:
@@ -118,6 +125,7 @@ class FakeQemu:
         self.caps = dict.fromkeys(CAPABILITIES, False)
         self.params = dict(PARAMETERS)
         self.mig = Migration(self)
+        self.block = Block(self)
 
     def option(self, name: str) -> str | None:
         return self.argv[self.argv.index(name) + 1] if name in self.argv else None
@@ -179,12 +187,18 @@ class FakeQemu:
         failure = self.faults.get("fail_commands", {}).get(name)
         if failure:
             raise CommandError(failure)
-        handler = getattr(self, "cmd_" + name.replace("-", "_"), None)
-        if handler is None:
-            handler = getattr(self.mig, "cmd_" + name.replace("-", "_"), None)
+        method = "cmd_" + name.replace("-", "_")
+        handler = next((getattr(part, method) for part in (self, self.mig, self.block)
+                        if hasattr(part, method)), None)
         if handler is None:
             raise CommandError(f"The command {name} has not been found", "CommandNotFound")
-        return handler(args)
+        try:
+            result = handler(args)
+        except BlockError as exc:
+            raise CommandError(str(exc)) from exc
+        if asyncio.iscoroutine(result):
+            return _block_errors(result)
+        return result
 
     def cmd_qmp_capabilities(self, args: dict[str, Any]) -> Any:
         return {}
@@ -255,6 +269,13 @@ class FakeQemu:
         return {}
 
 
+async def _block_errors(result: Any) -> Any:
+    try:
+        return await result
+    except BlockError as exc:
+        raise CommandError(str(exc)) from exc
+
+
 class CommandError(Exception):
     def __init__(self, desc: str, klass: str = "GenericError") -> None:
         super().__init__(desc)
@@ -275,6 +296,7 @@ class Migration:
         self.was_running = self.outgoing = False
         self.task: asyncio.Task[None] | None = None
         self.server: asyncio.AbstractServer | None = None
+        self.continued = asyncio.Event()
 
     def set_status(self, status: str, error: str = "") -> None:
         self.status, self.error = status, error or self.error
@@ -350,9 +372,15 @@ class Migration:
         return info
 
     def cmd_migrate_cancel(self, args: dict[str, Any]) -> Any:
-        if self.status in ("setup", "active") and self.task is not None:
+        if self.status in ("setup", "active", "pre-switchover") and self.task is not None:
             self.set_status("cancelling")
             self.task.cancel()
+        return {}
+
+    def cmd_migrate_continue(self, args: dict[str, Any]) -> Any:
+        if self.status != args.get("state"):
+            raise CommandError(f"Migration not in expected state: {self.status}")
+        self.continued.set()
         return {}
 
     # -- source ----------------------------------------------------------------------
@@ -433,6 +461,11 @@ class Migration:
         self.stopped_at = time.monotonic()
         if self.vm.status == "running":
             self.vm.set_runstate("finish-migrate")
+        if self.vm.caps["pause-before-switchover"]:  # wait for migrate-continue
+            self.continued = asyncio.Event()
+            self.set_status("pre-switchover")
+            await self.continued.wait()
+            self.set_status("device")
         self.pass_done()
         writer.write(b"E\n")
         await writer.drain()
@@ -656,6 +689,9 @@ async def run(argv: list[str]) -> int:
     if "exit_before_monitor" in faults:
         print("fake qemu: injected start failure", file=sys.stderr)
         return int(faults["exit_before_monitor"])
+    for path in fake.block.missing_images():  # as QEMU: every image is opened at start
+        print(f"fake qemu: Could not open '{path}': No such file or directory", file=sys.stderr)
+        return 1
     loop = asyncio.get_running_loop()
     if faults.get("ignore_sigterm"):
         signal.signal(signal.SIGTERM, signal.SIG_IGN)

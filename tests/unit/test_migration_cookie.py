@@ -303,7 +303,8 @@ cookies = st.builds(
     lockstate=st.none() | st.builds(CookieLockState, _text, st.none() | _text),
     persistent_xml=st.none() | _text.map(_domain),
     nbd=st.none() | st.builds(CookieNBD, st.none() | st.integers(0, 65535), st.lists(
-        st.builds(CookieNBDDisk, _text, _u64), max_size=3).map(tuple)),
+        st.builds(CookieNBDDisk, _text, _u64, st.none() | _text, st.none() | _u64,
+                  st.none() | _text, st.none() | _text), max_size=3).map(tuple)),
     statistics=st.none() | statistics(),
     cpu_xml=st.none() | st.just(CPU_XML),
     capabilities=st.lists(st.builds(CookieCap, _text, st.booleans()), max_size=4).map(tuple),

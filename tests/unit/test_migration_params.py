@@ -153,19 +153,11 @@ REFUSALS: list[tuple[str, int, list[TypedParam], str, bool, int, str]] = [
      f"argument unsupported: {mp._MT_REASON} (parameter 'compression.mt.threads')"),
     ("mt-method", LIVE_P2P | F.COMPRESSED, [S("compression", "mt")], "source", False, ARG,
      f"argument unsupported: {mp._MT_REASON} (compression method 'mt')"),
-    ("copy-storage-all", LIVE_P2P | F.NON_SHARED_DISK, [], "source", False, ARG,
-     f"argument unsupported: VIR_MIGRATE_NON_SHARED_DISK (--copy-storage-all): {STORAGE}"),
-    ("copy-storage-inc", LIVE_P2P | F.NON_SHARED_INC, [], "destination", False, ARG,
-     f"argument unsupported: VIR_MIGRATE_NON_SHARED_INC (--copy-storage-inc): {STORAGE}"),
-    ("sync-writes", LIVE_P2P | F.NON_SHARED_SYNCHRONOUS_WRITES, [], "source", False, ARG,
-     "argument unsupported: VIR_MIGRATE_NON_SHARED_SYNCHRONOUS_WRITES "
-     f"(--copy-storage-synchronous-writes): {STORAGE}"),
-    ("migrate-disks", LIVE_P2P, [S("migrate_disks", "vda")], "source", False, ARG,
-     f"argument unsupported: parameter 'migrate_disks': {STORAGE}"),
-    ("disks-port", LIVE_P2P, [I("disks_port", 5000)], "source", False, ARG,
-     f"argument unsupported: parameter 'disks_port': {STORAGE}"),
-    ("disks-uri", LIVE_P2P, [S("disks_uri", "unix:/x")], "source", False, ARG,
-     f"argument unsupported: parameter 'disks_uri': {STORAGE}"),
+    ("disks-uri-scheme", LIVE_P2P | F.NON_SHARED_DISK, [S("disks_uri", "nbd://h")], "source",
+     False, INV, "invalid argument: Unsupported scheme in disks URI: nbd://h"),
+    ("postcopy-storage", LIVE_P2P | F.POSTCOPY | F.NON_SHARED_DISK, [], "source", False, ARG,
+     "argument unsupported: post-copy with storage migration (--copy-storage-*) is not "
+     "supported yet"),
     ("auto-converge-tune", LIVE_P2P, [I("auto_converge.increment", 5)], "source", False, INV,
      "invalid argument: Turn auto convergence on to tune it"),
     ("parallel-tune", LIVE_P2P, [I("parallel.connections", 4)], "source", False, INV,
@@ -264,9 +256,9 @@ def test_refused(flags: int, params: list[TypedParam], side: str, direct: bool, 
 
 
 @pytest.mark.parametrize(
-    "flag", [f for f in mp.DIRECT_REFUSED_FLAGS if not f & (mp.STORAGE_FLAGS | F.OFFLINE)])
+    "flag", [f for f in mp.DIRECT_REFUSED_FLAGS if not f & F.OFFLINE])
 def test_direct_refuses_what_needs_a_destination_daemon(flag: MigrateFlags) -> None:
-    """Storage flags meet the storage switch first; offline: see the next test."""
+    """Offline: see the next test."""
     error = refused(F.LIVE | flag, [S("migrate_uri", "tcp:h:1")], direct=True)
     assert error.code == ErrorCode.ARGUMENT_UNSUPPORTED
     assert f"VIR_MIGRATE_{flag.name}" in str(error)
@@ -296,7 +288,25 @@ def test_negative_flags() -> None:
     assert refused(-1).code == ErrorCode.INVALID_ARG
 
 
-# -- storage switch on: the rules the NBD issue inherits ----------------------------------------
+@pytest.mark.parametrize(("flags", "params", "message"), [
+    (LIVE_P2P | F.NON_SHARED_DISK, [],
+     f"argument unsupported: VIR_MIGRATE_NON_SHARED_DISK (--copy-storage-all): {STORAGE}"),
+    (LIVE_P2P, [S("disks_uri", "unix:/x")],
+     f"argument unsupported: parameter 'disks_uri': {STORAGE}"),
+])
+def test_storage_refused_when_switched_off(monkeypatch: pytest.MonkeyPatch, flags: int,
+                                           params: list[TypedParam], message: str) -> None:
+    monkeypatch.setattr(mp, "STORAGE_MIGRATION_SUPPORTED", False)
+    error = refused(flags, params)
+    assert (int(error.code), str(error)) == (int(ARG), message)
+
+
+def test_direct_refuses_storage_params() -> None:
+    error = refused(F.LIVE, [S("migrate_uri", "tcp:h:1"), I("disks_port", 5)], direct=True)
+    assert error.code == ErrorCode.ARGUMENT_UNSUPPORTED and "'disks_port'" in str(error)
+
+
+# -- storage migration: libvirt's rules ---------------------------------------------------------
 STORAGE_ON_RULES = [
     (LIVE_P2P | F.NON_SHARED_DISK | F.NON_SHARED_INC, [], INV,
      "invalid argument: Flags 'VIR_MIGRATE_NON_SHARED_DISK' and 'VIR_MIGRATE_NON_SHARED_INC' "
@@ -315,24 +325,27 @@ STORAGE_ON_RULES = [
      "exclusive"),
     (F.OFFLINE | F.PERSIST_DEST | F.NON_SHARED_DISK, [], OPI,
      "Requested operation is not valid: offline migration cannot handle non-shared storage"),
+    (LIVE_P2P, [S("migrate_disks_detect_zeroes", "vda")], ErrorCode.OPERATION_UNSUPPORTED,
+     "Operation not supported: use of 'VIR_MIGRATE_PARAM_MIGRATE_DISKS_DETECT_ZEROES' "
+     "requires use of 'VIR_MIGRATE_NON_SHARED_DISK' or 'VIR_MIGRATE_NON_SHARED_INC' flag"),
 ]
 
 
 @pytest.mark.parametrize(("flags", "params", "code", "message"), STORAGE_ON_RULES)
-def test_storage_rules_once_switched_on(monkeypatch: pytest.MonkeyPatch, flags: int,
-                                        params: list[TypedParam], code: int,
-                                        message: str) -> None:
-    monkeypatch.setattr(mp, "STORAGE_MIGRATION_SUPPORTED", True)
+def test_storage_rules(flags: int, params: list[TypedParam], code: int, message: str) -> None:
     error = refused(flags, params)
     assert (int(error.code), str(error)) == (int(code), message)
 
 
-def test_storage_accepted_once_switched_on(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(mp, "STORAGE_MIGRATION_SUPPORTED", True)
+def test_storage_accepted() -> None:
     request = parse(LIVE_P2P | F.NON_SHARED_INC,
                     [S("migrate_disks", "vda"), S("migrate_disks", "vdb"), I("disks_port", 1)])
     assert request.storage_copy and request.migrate_disks == ("vda", "vdb")
+    assert request.storage_incremental and not request.synchronous_writes
     assert parse(request.flags, request.to_params()) == request
+    synchronous = parse(LIVE_P2P | F.NON_SHARED_DISK | F.NON_SHARED_SYNCHRONOUS_WRITES,
+                        [S("disks_uri", "tcp://10.0.0.2:5000")])
+    assert synchronous.synchronous_writes and synchronous.disks_uri == "tcp://10.0.0.2:5000"
 
 
 # -- to_params: the round trip ------------------------------------------------------------------

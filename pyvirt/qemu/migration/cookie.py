@@ -92,8 +92,17 @@ class CookieLockState:
 
 @dataclass(frozen=True)
 class CookieNBDDisk:
+    """libvirt's ``target`` and ``capacity``, plus pyvirt's own attributes (a real libvirtd
+    ignores them): the image ``format``, its ``allocation`` (bytes the copy writes at most)
+    and ``backing``/``backingFormat`` (the shared backing file for --copy-storage-inc), so
+    the destination can pre-create a missing image."""
+
     target: str
     capacity: int
+    format: str | None = None
+    allocation: int | None = None
+    backing: str | None = None
+    backing_format: str | None = None
 
 
 @dataclass(frozen=True)
@@ -305,9 +314,19 @@ def _nbd_xml(nbd: CookieNBD) -> str:
     port = f" port={_attr(nbd.port)}" if nbd.port is not None else ""
     if not nbd.disks:
         return f"  <nbd{port}/>\n"
-    disks = "".join(f"    <disk target={_attr(d.target)} capacity={_attr(d.capacity)}/>\n"
-                    for d in nbd.disks)  # fmt: skip
+    disks = "".join(f"    <disk{_nbd_disk_attrs(d)}/>\n" for d in nbd.disks)
     return f"  <nbd{port}>\n{disks}  </nbd>\n"
+
+
+#: CookieNBDDisk attribute → XML attribute, in output order
+_NBD_DISK_ATTRS: Final = (("target", "target"), ("capacity", "capacity"), ("format", "format"),
+                          ("allocation", "allocation"), ("backing", "backing"),
+                          ("backing_format", "backingFormat"))  # fmt: skip
+
+
+def _nbd_disk_attrs(disk: CookieNBDDisk) -> str:
+    return "".join(f" {xml_name}={_attr(value)}" for name, xml_name in _NBD_DISK_ATTRS
+                   if (value := getattr(disk, name)) is not None)
 
 
 def _statistics_xml(stats: CookieStatistics) -> str:
@@ -420,7 +439,12 @@ def _nbd(node: Element | None) -> CookieNBD | None:
         capacity = _int(disk.get("capacity"), signed=False)
         if capacity is None:
             raise CookieError(f"Malformed disk capacity: '{disk.get('capacity') or '<null>'}'")
-        disks.append(CookieNBDDisk(target, capacity))
+        raw_allocation = disk.get("allocation")
+        allocation = _int(raw_allocation, signed=False)
+        if raw_allocation is not None and allocation is None:
+            raise CookieError(f"Malformed disk allocation: '{raw_allocation}'")
+        disks.append(CookieNBDDisk(target, capacity, disk.get("format"), allocation,
+                                   disk.get("backing"), disk.get("backingFormat")))
     return CookieNBD(port, tuple(disks))
 
 

@@ -6,18 +6,26 @@ import dataclasses
 import socket
 from typing import TYPE_CHECKING
 
-from pyvirt.qemu.migration.cookie import CookieStatistics, MigrationCookie, check_peer
+from pyvirt.qemu.migration.cookie import (
+    CookieNBD,
+    CookieStatistics,
+    MigrationCookie,
+    check_peer,
+)
 
 if TYPE_CHECKING:
     from pyvirt.qemu.driver import QemuDriver
 
 
 def make_cookie(driver: QemuDriver, name: str, uuid: str,
-                statistics: CookieStatistics | None = None) -> bytes:
+                statistics: CookieStatistics | None = None,
+                nbd: CookieNBD | None = None) -> bytes:
     cookie = MigrationCookie(name=name, uuid=uuid, hostname=socket.gethostname(),
                              hostuuid=driver.settings.host_uuid)
     if statistics is not None:
         cookie = dataclasses.replace(cookie, statistics=statistics)
+    if nbd is not None:
+        cookie = dataclasses.replace(cookie, nbd=nbd)
     return cookie.to_bytes()
 
 

@@ -16,6 +16,7 @@ import logging
 import socket
 from typing import TYPE_CHECKING, Any
 
+from pyvirt.conf.domain import DiskDef
 from pyvirt.conf.domain_format import format_domain_xml
 from pyvirt.constants import (
     DomainState,
@@ -29,7 +30,8 @@ from pyvirt.constants import (
 )
 from pyvirt.errors import InvalidArgError, OperationFailedError, OperationInvalidError
 from pyvirt.qemu.domain_obj import DomainObj
-from pyvirt.qemu.migration import qemu_ops, tunnel
+from pyvirt.qemu.migration import qemu_ops, storage_dst, tunnel
+from pyvirt.qemu.migration.cookie import CookieNBD, MigrationCookie
 from pyvirt.qemu.migration.cookie_io import make_cookie, read_cookie
 from pyvirt.qemu.migration.job import MigrationJob, Phase
 from pyvirt.qemu.migration.params import MigrationRequest, Side
@@ -52,7 +54,7 @@ async def prepare(engine: MigrationEngine, client_id: int | None, request: Migra
     if not request.destination_xml:
         raise InvalidArgError("no domain XML passed")
     definition = driver.parse(request.destination_xml)
-    read_cookie(driver, cookie_in, name=definition.name, uuid=definition.uuid)
+    cookie = read_cookie(driver, cookie_in, name=definition.name, uuid=definition.uuid)
     if request.destination_name:
         definition.name = request.destination_name
     obj = engine.claim_incoming(definition)
@@ -63,19 +65,22 @@ async def prepare(engine: MigrationEngine, client_id: int | None, request: Migra
     job = engine.new_job(obj, JobOperation.MIGRATION_IN, request, Phase.PREPARE)
     job.client_id = client_id
     uri_out: str | None = None
+    nbd: CookieNBD | None = None
     try:
         if stream is not None:
             await _start_tunnelled(engine, obj, job, definition, request, stream)
         else:
-            uri_out = await _start_incoming(engine, obj, job, definition, request)
+            uri_out, nbd = await _start_incoming(engine, obj, job, definition, request,
+                                                 cookie)
     except BaseException:
         await abandon(engine, obj)
         raise
-    return make_cookie(driver, obj.name, obj.uuid), uri_out
+    return make_cookie(driver, obj.name, obj.uuid, nbd=nbd), uri_out
 
 
 async def _start_incoming(engine: MigrationEngine, obj: DomainObj, job: MigrationJob,
-                          definition: Any, request: MigrationRequest) -> str:
+                          definition: Any, request: MigrationRequest,
+                          cookie: MigrationCookie | None) -> tuple[str, CookieNBD | None]:
     driver = engine.driver
     listen = request.listen_address or driver.settings.migration_address or "0.0.0.0"
     wanted_host, wanted_port = _uri_in(request.migrate_uri)
@@ -83,13 +88,21 @@ async def _start_incoming(engine: MigrationEngine, obj: DomainObj, job: Migratio
         port = wanted_port  # the user's port (libvirt keeps uri_in's port)
     else:
         port = job.port = engine.ports.allocate(listen)
+    disks: list[DiskDef] = []
+    if request.storage_copy:  # the images must exist before QEMU opens them
+        disks = await storage_dst.prepare_images(job, definition, request, cookie)
     await driver.runner.start(obj, definition, paused=True, incoming="defer")
     monitor = driver.runner.monitor(obj)
     await qemu_ops.apply_plan(monitor, request, Side.DESTINATION)
+    nbd: CookieNBD | None = None
+    if request.storage_copy:
+        assert obj.live is not None
+        nbd = await storage_dst.prepare_exports(engine, monitor, obj.live, job, request,
+                                                listen, disks, cookie)
     bind = f"[{listen}]" if ":" in listen else listen
     await monitor.execute("migrate-incoming", {"uri": f"tcp:{bind}:{port}"})
     host = wanted_host or driver.settings.migration_host or socket.gethostname()
-    return f"tcp://{host}:{port}"
+    return f"tcp://{host}:{port}", nbd
 
 
 def _uri_in(uri: str | None) -> tuple[str | None, int | None]:
@@ -151,7 +164,10 @@ async def finish(engine: MigrationEngine, request: MigrationRequest, cookie_in: 
         await asyncio.wait_for(qemu_ops.wait_final(monitor, job, incoming=True, until=until),
                                FINISH_TIMEOUT_S)
         job.set_phase(Phase.FINISH3)
+        if request.storage_copy and obj.live is not None:
+            await storage_dst.stop_server(monitor, obj.live, job)
         await _activate(engine, obj, request)
+        storage_dst.forget_created(job)  # the guest runs here: its images stay
     except BaseException:
         if job.status in ("postcopy-active", *qemu_ops.POSTCOPY_BROKEN):
             _postcopy_failed(engine, obj)

@@ -25,7 +25,7 @@ from pyvirt.constants import (
 from pyvirt.errors import OperationFailedError, OperationInvalidError
 from pyvirt.qemu.domain_obj import DomainObj
 from pyvirt.qemu.events import MigrationIterationEvent
-from pyvirt.qemu.migration import dst, p2p, qemu_ops, src
+from pyvirt.qemu.migration import dst, p2p, qemu_ops, src, storage_dst
 from pyvirt.qemu.migration.cookie import CookieStatistics
 from pyvirt.qemu.migration.job import MigrationJob, Phase, job_info, job_stats
 from pyvirt.qemu.migration.journal import Journal
@@ -82,7 +82,7 @@ class MigrationEngine:
         if request.direct:
             await src.perform_direct(self, obj, request)
             return b""
-        return await src.perform(self, obj, request)
+        return await src.perform(self, obj, request, cookie)
 
     async def finish(self, request: MigrationRequest, cookie: bytes,
                      cancelled: bool) -> tuple[DomainObj | None, bytes]:
@@ -145,9 +145,15 @@ class MigrationEngine:
             self.release(obj)
 
     def release(self, obj: DomainObj) -> None:
+        """End an incoming job: its ports go back; the disk images its Prepare created go
+        too unless Finish kept them (the migration succeeded)."""
         job = obj.migration
-        if job is not None and job.port is not None:
-            self.ports.release(job.port)
+        if job is not None:
+            for port in (job.port, job.nbd_port):
+                if port is not None:
+                    self.ports.release(port)
+            if not job.outgoing:
+                storage_dst.remove_created(job)
         self.end_job(obj)
 
     async def client_closed(self, client_id: int) -> None:
@@ -183,6 +189,9 @@ class MigrationEngine:
             job.on_status(str(data.get("status", "")))
             if job.status in qemu_ops.POSTCOPY_BROKEN:
                 self.postcopy_failed(obj)
+        elif name.startswith("BLOCK_JOB_") and job.storage is not None:
+            if job.storage.on_event(name, data):
+                job.status_changed.set()  # wake whoever waits on the mirrors
         elif name == "MIGRATION_PASS":
             job.iteration = int(data.get("pass", 0))
             if job.outgoing:

@@ -23,6 +23,7 @@ from typing import Any
 from pyvirt.constants import JobOperation, JobType
 from pyvirt.errors import InternalError
 from pyvirt.qemu.migration.journal import Journal, JournalEntry
+from pyvirt.qemu.migration.storage import StorageCopy, disk_stats
 
 NS_PER_MS = 1_000_000
 
@@ -70,6 +71,14 @@ class MigrationJob:
     dconnuri: str | None = None
     #: the task moving a tunnelled migration's bytes (cancelled when the job ends)
     tunnel: asyncio.Task[None] | None = None
+    #: source of a storage migration: the mirror jobs and NBD client nodes
+    storage: StorageCopy | None = None
+    #: destination of a storage migration: the NBD server's port (from the migration
+    #: range) and the images Prepare created (removed unless the migration succeeds)
+    nbd_port: int | None = None
+    created_images: list[str] = field(default_factory=list)
+    #: destination: the disks (targets) exported over NBD
+    exported: list[str] = field(default_factory=list)
 
     @property
     def outgoing(self) -> bool:
@@ -87,7 +96,8 @@ class MigrationJob:
         if self.journal is not None:
             self.journal.record(JournalEntry(
                 uuid=self.uuid, name=self.name, side="out" if self.outgoing else "in",
-                phase=self.phase.value, flags=self.flags, dconnuri=self.dconnuri))
+                phase=self.phase.value, flags=self.flags, dconnuri=self.dconnuri,
+                images=tuple(self.created_images)))
 
     def end(self) -> None:
         if self.tunnel is not None and not self.tunnel.done():
@@ -116,9 +126,14 @@ def job_info(job: MigrationJob | None) -> dict[str, int]:
     ram = job.info.get("ram", {})
     total, remaining = int(ram.get("total", 0)), int(ram.get("remaining", 0))
     processed = int(ram.get("transferred", 0))
-    fields.update(time_elapsed=job.elapsed_ms(), data_total=total, data_processed=processed,
-                  data_remaining=remaining, mem_total=total, mem_processed=processed,
-                  mem_remaining=remaining)
+    disk = disk_stats(job.storage, completed=False)
+    file_total, file_processed = disk.get("disk_total", 0), disk.get("disk_processed", 0)
+    file_remaining = disk.get("disk_remaining", 0)
+    fields.update(time_elapsed=job.elapsed_ms(), data_total=total + file_total,
+                  data_processed=processed + file_processed,
+                  data_remaining=remaining + file_remaining, mem_total=total,
+                  mem_processed=processed, mem_remaining=remaining, file_total=file_total,
+                  file_processed=file_processed, file_remaining=file_remaining)
     return {"type": JobType.UNBOUNDED, **fields}
 
 
@@ -154,9 +169,9 @@ def job_stats(job: MigrationJob, *, completed: bool) -> dict[str, int]:
             value = float(ram[qemu_key])
             # QEMU reports mbps in megabits/s; libvirt reports bytes/s
             stats[name] = int(value * 1_000_000 / 8) if qemu_key == "mbps" else int(value)
-    stats["data_total"] = stats.get("memory_total", 0)
-    stats["data_processed"] = stats.get("memory_processed", 0)
-    stats["data_remaining"] = stats.get("memory_remaining", 0)
+    stats.update(disk_stats(job.storage, completed=completed))
+    for part in ("total", "processed", "remaining"):  # libvirt: data = memory + disk
+        stats[f"data_{part}"] = stats.get(f"memory_{part}", 0) + stats.get(f"disk_{part}", 0)
     for key, name in (("downtime", "downtime"), ("setup-time", "setup_time")):
         if key in info:
             stats[name] = int(info[key])

@@ -7,13 +7,15 @@ the half-done migration so the guest ends running on exactly one host:
 ======  ====================  ===================================================
 side    phase at the crash    resolution
 ======  ====================  ===================================================
-out     begin3, perform3      cancel QEMU's migration, resume the guest here
+out     begin3, perform3      cancel QEMU's migration and disk mirrors (removing their
+                              NBD client nodes), resume the guest here
 out     perform3_done         p2p: ask the destination; running there → shut off
                               here (migrated), else resume here. Client-driven: the
                               outcome is unknown here; leave paused (as libvirt)
 out     confirm3              finished: kill the source QEMU (shut off, migrated)
 out     confirm3_cancelled    resume the guest here
-in      prepare               the guest never ran here: kill the incoming QEMU
+in      prepare               the guest never ran here: kill the incoming QEMU and
+                              remove the disk images Prepare created
 in      finish3               resumed here: make sure it runs
 ======  ====================  ===================================================
 
@@ -46,6 +48,8 @@ class JournalEntry:
     phase: str
     flags: int
     dconnuri: str | None = None
+    #: destination of a storage migration: images Prepare created (removed if it fails)
+    images: tuple[str, ...] = ()
 
 
 class Journal:
@@ -68,7 +72,9 @@ class Journal:
         out = []
         for path in sorted(self.directory.glob("*.json")):
             try:
-                out.append(JournalEntry(**json.loads(path.read_text())))
+                fields = json.loads(path.read_text())
+                fields["images"] = tuple(fields.get("images", ()))
+                out.append(JournalEntry(**fields))
             except (OSError, ValueError, TypeError) as exc:
                 log.error("unreadable migration journal %s: %s", path, exc)
         return out

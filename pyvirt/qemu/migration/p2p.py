@@ -21,7 +21,8 @@ from pyvirt.constants import DomainState, MigrateFlags, PausedReason
 from pyvirt.errors import OperationFailedError, VirtError
 from pyvirt.qemu.domain_obj import DomainObj
 from pyvirt.qemu.migration import qemu_ops, src
-from pyvirt.qemu.migration.cookie_io import make_cookie
+from pyvirt.qemu.migration.cookie import CookieNBD, MigrationCookie
+from pyvirt.qemu.migration.cookie_io import make_cookie, read_cookie
 from pyvirt.qemu.migration.params import MigrationRequest
 from pyvirt.rpc.remote_types import TypedParam
 from pyvirt.rpc.stream import Stream
@@ -77,15 +78,18 @@ async def _run_phases(engine: MigrationEngine, obj: DomainObj, dconn: AsyncConne
     dparams.append(TypedParam.of_string("destination_xml", xml))
     stream: Stream | None = None
     uri_out: str | None = None
+    peer: MigrationCookie | None = None
     try:
         if request.tunnelled:
             _, stream = await dconn.migrate_prepare_tunnel3_params(dparams, cookie, dflags)
         else:
-            _, uri_out = await dconn.migrate_prepare3_params(dparams, cookie, dflags)
+            prepared, uri_out = await dconn.migrate_prepare3_params(dparams, cookie, dflags)
+            peer = read_cookie(engine.driver, prepared) if request.storage_copy else None
     except BaseException:
         await src.confirm(engine, obj, request, cancelled=True)
         raise
-    failure = await _perform(engine, obj, dconn, request, uri_out, stream)
+    failure = await _perform(engine, obj, dconn, request, uri_out, stream,
+                             peer.nbd if peer is not None else None)
     job = obj.migration
     stats = src.statistics(job) if job is not None else None
     perform_cookie = make_cookie(engine.driver, obj.name, obj.uuid, stats)
@@ -111,7 +115,8 @@ async def _run_phases(engine: MigrationEngine, obj: DomainObj, dconn: AsyncConne
 
 async def _perform(engine: MigrationEngine, obj: DomainObj, dconn: AsyncConnection,
                    request: MigrationRequest, uri_out: str | None,
-                   stream: Stream | None) -> BaseException | None:
+                   stream: Stream | None,
+                   peer_nbd: CookieNBD | None = None) -> BaseException | None:
     """Run QEMU's migration; a dead peer connection cancels it (keepalive, as libvirt)."""
     if request.offline:
         return None
@@ -124,7 +129,7 @@ async def _perform(engine: MigrationEngine, obj: DomainObj, dconn: AsyncConnecti
 
     try:
         await src.perform_native(engine, obj, job, request.migrate_uri or uri_out or "",
-                                 request, watch=peer_alive, stream=stream)
+                                 request, watch=peer_alive, stream=stream, peer_nbd=peer_nbd)
     except BaseException as exc:  # finish the protocol, then report this error
         return exc
     return None

@@ -17,8 +17,10 @@ failing check is the error the caller sees (libvirt's order where libvirt has th
 :meth:`MigrationRequest.to_params` turns a request back into typed parameters (the p2p source
 forwards them to the destination: :meth:`~MigrationRequest.destination_params`).
 
-Storage migration (NBD) is switched off by ONE constant, :data:`STORAGE_MIGRATION_SUPPORTED`;
-the rules that apply once it is on are already here.
+Storage migration (NBD) can be switched off by ONE constant,
+:data:`STORAGE_MIGRATION_SUPPORTED` (then refused with ArgumentUnsupported); its rules are
+:data:`STORAGE_RULES`, the engine's side is in :mod:`storage`, :mod:`storage_src` and
+:mod:`storage_dst`.
 """
 
 from __future__ import annotations
@@ -38,11 +40,12 @@ from pyvirt.errors import (
     OperationUnsupportedError,
     VirtError,
 )
+from pyvirt.qemu.migration.storage import parse_disks_uri
 from pyvirt.rpc.remote_types import TypedParam, TypedParamType, TypedValue
 
 #: THE switch for storage migration (--copy-storage-*, migrate_disks, disks_port, disks_uri).
-#: False: refused with ArgumentUnsupported. The NBD issue flips it (the rules are below).
-STORAGE_MIGRATION_SUPPORTED: Final = False
+#: False: refused with ArgumentUnsupported.
+STORAGE_MIGRATION_SUPPORTED: Final = True
 
 MIB: Final = 1024 * 1024
 #: libvirt's QEMU_DOMAIN_MIG_BANDWIDTH_MAX (MiB/s); times MiB it is UNLIMITED_BANDWIDTH_BYTES
@@ -287,6 +290,16 @@ class MigrationRequest:
         return self.has(MigrateFlags.NON_SHARED_DISK | MigrateFlags.NON_SHARED_INC)
 
     @property
+    def storage_incremental(self) -> bool:
+        """--copy-storage-inc: only the top image is copied (the backing chain is shared)."""
+        return self.has(MigrateFlags.NON_SHARED_INC)
+
+    @property
+    def synchronous_writes(self) -> bool:
+        """--copy-storage-synchronous-writes: the mirrors run in write-blocking mode."""
+        return self.has(MigrateFlags.NON_SHARED_SYNCHRONOUS_WRITES)
+
+    @property
     def multifd_compression(self) -> str | None:
         """zlib or zstd when parallel migration compresses, else None."""
         return next((m for m in self.compression if COMPRESSION_METHODS[m].parallel), None)
@@ -467,6 +480,8 @@ def _check_ranges(values: _Values) -> None:
         for value in values.get(field, []):
             if int(value) > high:
                 raise VirtError(wording.format(high + 1), code=ErrorCode.OVERFLOW)
+    for value in values.get("disks_uri", []):
+        parse_disks_uri(str(value))
     for value in values.get("compression.xbzrle.cache", []):
         size = int(value)
         if size < XBZRLE_MIN_CACHE or size & (size - 1):
@@ -534,6 +549,15 @@ STORAGE_RULES: tuple[_Rule, ...] = (
     (lambda f, v, c: "disks_port" in v and "disks_uri" in v,
      lambda: InvalidArgError("Both port and URI requested for disk migration while being "
                              "mutually exclusive")),
+    (lambda f, v, c: "migrate_disks_detect_zeroes" in v
+     and not f & (_F.NON_SHARED_DISK | _F.NON_SHARED_INC),
+     lambda: OperationUnsupportedError(
+         "use of 'VIR_MIGRATE_PARAM_MIGRATE_DISKS_DETECT_ZEROES' requires use of "
+         "'VIR_MIGRATE_NON_SHARED_DISK' or 'VIR_MIGRATE_NON_SHARED_INC' flag")),
+    # pyvirt's: the mirrors end at pre-switchover, which post-copy would have to move
+    (lambda f, v, c: _F.POSTCOPY in f and bool(f & (_F.NON_SHARED_DISK | _F.NON_SHARED_INC)),
+     lambda: ArgumentUnsupportedError(
+         "post-copy with storage migration (--copy-storage-*) is not supported yet")),
 )  # fmt: skip
 
 

@@ -13,7 +13,7 @@ from pyvirt.constants import (
     ShutoffReason,
 )
 from pyvirt.qemu.domain_obj import DomainObj
-from pyvirt.qemu.migration import p2p, qemu_ops
+from pyvirt.qemu.migration import images, p2p, qemu_ops, storage_src
 from pyvirt.qemu.migration.journal import JournalEntry
 
 if TYPE_CHECKING:
@@ -34,6 +34,9 @@ async def recover_all(engine: MigrationEngine) -> None:
         except Exception as exc:  # one bad entry must not stop the daemon
             log.error("[dom=%s] recovering migration (%s %s) failed: %s",
                       entry.name, entry.side, entry.phase, exc)
+        if entry.side == "in" and entry.phase == "prepare" and entry.images \
+                and (obj is None or not obj.active):
+            images.remove(entry.images)  # the copy never completed: drop what Prepare made
         engine.journal.remove(entry.uuid)
 
 
@@ -44,6 +47,7 @@ async def _recover_out(engine: MigrationEngine, obj: DomainObj, entry: JournalEn
     info = await monitor.execute("query-migrate")
     if info.get("status") in ("setup", "active", "pre-switchover", "device"):
         await qemu_ops.cancel(monitor)
+    await storage_src.remove_leftovers(monitor)  # mirrors and NBD clients of a storage copy
     if entry.phase == "confirm3":
         await _finish_source(engine, obj, entry)
     elif entry.phase == "perform3_done":

@@ -39,10 +39,10 @@ from pyvirt.errors import (
     VirtError,
 )
 from pyvirt.qemu.domain_obj import DomainObj
-from pyvirt.qemu.migration import graphics, qemu_ops, tunnel
+from pyvirt.qemu.migration import graphics, qemu_ops, storage_src, tunnel
 from pyvirt.qemu.migration.abi import check_abi_stable
-from pyvirt.qemu.migration.cookie import CookieStatistics
-from pyvirt.qemu.migration.cookie_io import make_cookie
+from pyvirt.qemu.migration.cookie import CookieNBD, CookieStatistics
+from pyvirt.qemu.migration.cookie_io import make_cookie, read_cookie
 from pyvirt.qemu.migration.job import MigrationJob, Phase, job_stats
 from pyvirt.qemu.migration.params import MigrationRequest, Side
 from pyvirt.qemu.monitor import Monitor
@@ -71,20 +71,31 @@ async def begin(engine: MigrationEngine, obj: DomainObj,
     if obj.migration is not None:
         raise OperationInvalidError(
             f"another migration job is already running for domain '{obj.name}'")
+    copied: list[DiskDef] = []
+    if not offline and request.storage_copy:
+        copied = storage_src.select_disks(obj.current, request,
+                                          engine.driver.settings.shared_filesystems)
     if not offline and not request.has(MigrateFlags.UNSAFE):
-        check_safe_storage(engine, obj)
+        check_safe_storage(engine, obj, {d.target_dev for d in copied})
     xml = destination_xml(engine, obj, request)
+    nbd: CookieNBD | None = None
+    if copied:
+        nbd = await storage_src.begin_nbd(engine.driver.runner.monitor(obj), obj.current,
+                                          copied, request)
     if not offline:
         job = engine.new_job(obj, JobOperation.MIGRATION_OUT, request, Phase.BEGIN3)
         job.was_running = obj.state == DomainState.RUNNING
-    return make_cookie(engine.driver, obj.name, obj.uuid), xml
+    return make_cookie(engine.driver, obj.name, obj.uuid, nbd=nbd), xml
 
 
-def check_safe_storage(engine: MigrationEngine, obj: DomainObj) -> None:
-    """libvirt's rule: every writable disk must be on shared storage with a safe cache."""
+def check_safe_storage(engine: MigrationEngine, obj: DomainObj,
+                       copied: set[str] | frozenset[str] = frozenset()) -> None:
+    """libvirt's rule: every writable disk that is not copied (``copied``: their targets)
+    must be on shared storage with a safe cache."""
     shared = engine.driver.settings.shared_filesystems
     for disk in obj.current.devices.disks:
-        if disk.readonly or disk.device == "cdrom" or not disk.source:
+        if disk.readonly or disk.device == "cdrom" or not disk.source \
+                or disk.target_dev in copied:
             continue
         if not _on_shared_fs(disk, shared):
             raise MigrateUnsafeError("Migration without shared storage is unsafe")
@@ -110,8 +121,10 @@ def destination_xml(engine: MigrationEngine, obj: DomainObj,
     return format_domain_xml(definition, migratable=True)
 
 
-async def perform(engine: MigrationEngine, obj: DomainObj, request: MigrationRequest) -> bytes:
-    """Normal (client-driven) Perform: migrate to the URI the destination prepared."""
+async def perform(engine: MigrationEngine, obj: DomainObj, request: MigrationRequest,
+                  cookie_in: bytes = b"") -> bytes:
+    """Normal (client-driven) Perform: migrate to the URI the destination prepared
+    (``cookie_in``: the destination's Prepare cookie, with its NBD exports)."""
     job = _job_of(obj)
     if request.offline:
         return make_cookie(engine.driver, obj.name, obj.uuid)
@@ -119,7 +132,9 @@ async def perform(engine: MigrationEngine, obj: DomainObj, request: MigrationReq
         engine.end_job(obj)
         raise VirtError("invalid argument: migrate_uri is required", code=8)
     try:
-        await perform_native(engine, obj, job, request.migrate_uri, request)
+        peer = read_cookie(engine.driver, cookie_in) if request.storage_copy else None
+        await perform_native(engine, obj, job, request.migrate_uri, request,
+                             peer_nbd=peer.nbd if peer is not None else None)
     except BaseException:
         engine.end_job(obj)
         raise
@@ -154,9 +169,11 @@ def statistics(job: MigrationJob) -> CookieStatistics:
 async def perform_native(engine: MigrationEngine, obj: DomainObj, job: MigrationJob,
                          uri: str, request: MigrationRequest,
                          watch: Callable[[], Awaitable[None]] | None = None,
-                         stream: Stream | None = None) -> None:
+                         stream: Stream | None = None,
+                         peer_nbd: CookieNBD | None = None) -> None:
     """QEMU's migration to ``uri``, or into ``stream`` (tunnelled); ``watch`` raises to
-    abort it (e.g. the peer connection is gone)."""
+    abort it (e.g. the peer connection is gone). With a storage copy, the disks are
+    mirrored to the exports ``peer_nbd`` (the destination's cookie) names first."""
     job.set_phase(Phase.PERFORM3)
     monitor = engine.driver.runner.monitor(obj)
     tick = engine.tick_for(obj, job)
@@ -170,10 +187,15 @@ async def perform_native(engine: MigrationEngine, obj: DomainObj, job: Migration
             raise OperationFailedError("migration out job: failed due to I/O error")
         if job.tunnel is not None and job.tunnel.done() and job.tunnel.exception():
             raise OperationFailedError(f"tunnel failed: {job.tunnel.exception()}")
+        failure = job.storage.failure() if job.storage is not None else None
+        if failure is not None:
+            raise OperationFailedError(f"migration out job: {failure}")
 
     try:
         await qemu_ops.apply_plan(monitor, request, Side.SOURCE, obj.migrate_max_speed_mib)
         await graphics.relocate_clients(monitor, obj.current, request.graphics_uri)
+        if request.storage_copy:
+            await _copy_storage(engine, obj, job, request, uri, peer_nbd, on_tick)
         if stream is not None:
             uri = await _start_tunnel(monitor, job, stream, obj.name)
         obj.pending_pause_reason = PausedReason.MIGRATION
@@ -183,7 +205,10 @@ async def perform_native(engine: MigrationEngine, obj: DomainObj, job: Migration
         # with post-copy the switch to the destination is the end of Perform (as libvirt);
         # the remaining pages follow while the destination already runs the guest
         until = POSTCOPY_DONE if request.postcopy else qemu_ops.FINAL_STATES
-        await qemu_ops.wait_final(monitor, job, on_tick=on_tick, until=until)
+        await qemu_ops.wait_final(monitor, job, on_tick=on_tick,
+                                  until=until | qemu_ops.PAUSED_BEFORE_SWITCHOVER)
+        if job.status in qemu_ops.PAUSED_BEFORE_SWITCHOVER:
+            await _switchover(monitor, job, on_tick, until)
         if job.status == "postcopy-active":
             obj.set_state(DomainState.PAUSED, PausedReason.POSTCOPY)
         if job.tunnel is not None:
@@ -191,6 +216,7 @@ async def perform_native(engine: MigrationEngine, obj: DomainObj, job: Migration
     except BaseException as exc:
         log.error("[dom=%s job=migration.out phase=perform] %s", obj.name, exc)
         await qemu_ops.cancel(monitor)
+        await storage_src.abort(monitor, job)
         if job.tunnel is not None:
             job.tunnel.cancel()
             with contextlib.suppress(VirtError):
@@ -199,6 +225,39 @@ async def perform_native(engine: MigrationEngine, obj: DomainObj, job: Migration
         await restore_source(engine, obj, job)
         raise
     job.set_phase(Phase.PERFORM3_DONE)
+
+
+async def _copy_storage(engine: MigrationEngine, obj: DomainObj, job: MigrationJob,
+                        request: MigrationRequest, uri: str, peer_nbd: CookieNBD | None,
+                        on_tick: Callable[[], Awaitable[None]]) -> None:
+    """Mirror the copied disks to the destination's exports; return once all are READY."""
+    monitor = engine.driver.runner.monitor(obj)
+    disks = storage_src.select_disks(obj.current, request,
+                                     engine.driver.settings.shared_filesystems)
+    storage_src.exported(disks, peer_nbd)
+    address = storage_src.server_address(request, peer_nbd, uri_host(uri))
+    speed = storage_src.mirror_speed(request, obj.migrate_max_speed_mib)
+    await storage_src.start_mirrors(monitor, job, obj.current, request, disks, address, speed)
+    await storage_src.wait_ready(monitor, job, on_tick)
+
+
+async def _switchover(monitor: Monitor, job: MigrationJob,
+                      on_tick: Callable[[], Awaitable[None]], until: frozenset[str]) -> None:
+    """QEMU paused before the switchover (guest stopped): complete the mirrors so the
+    destination's disks are consistent, then let QEMU finish."""
+    if job.storage is not None:
+        await storage_src.complete(monitor, job)
+    await monitor.execute("migrate-continue", {"state": "pre-switchover"})
+    await qemu_ops.wait_final(monitor, job, on_tick=on_tick, until=until)
+
+
+def uri_host(uri: str) -> str | None:
+    """The host of a migration URI (``tcp://h:p``, ``tcp:h:p``, ``tcp:[v6]:p``)."""
+    if not uri.startswith("tcp"):
+        return None
+    rest = qemu_uri(uri)[len("tcp:"):]
+    host = rest.rpartition(":")[0] if ":" in rest else rest
+    return host.strip("[]") or None
 
 
 async def _start_tunnel(monitor: Monitor, job: MigrationJob, stream: Stream,

@@ -1,0 +1,399 @@
+"""Storage migration of real guests between lab hosts (NBD + mirror, QEMU 10, TCG).
+
+Local disks live in each host's private ``/var/lib/pyvirt/images`` (the same path, another
+directory on every host), so a copy really has to happen. The guest's workload writes a
+verifiable pattern to ``/dev/vda`` throughout (4 MiB cycled at 4 MiB/s: every block is
+re-verified about once a second, so writes made on the source are checked on the destination).
+
+The worker ``_migrate`` checks:
+  - at every ~100 ms sample at most one host runs the guest (RunnerSampler);
+  - each copied disk's destination image is another file than the source's (different
+    host directories) and ``qemu-img compare`` finds it identical to the source image: the
+    migration runs with ``--suspend``, so the destination guest is paused at the end and
+    has written nothing since the switchover, while the source QEMU is gone (its image final);
+  - the completed job's statistics count the disk bytes (``File total``/``File processed``);
+  - after ``resume`` the heartbeat continues from where it stopped (same boot) and the disk
+    writer keeps writing and verifying on the destination; no ``CORRUPT`` line anywhere.
+Failure cases check: the guest keeps running on the source with its disk verifying, the
+destination holds no domain, QEMU or pre-created image, and (loop filesystems) nothing is
+left mounted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from pyvirt.lab.guest import domain_xml
+from pyvirt.lab.hosts import LAB_ROOT, LabHost, host_exec_argv
+from tests.functional.guestlog import SerialLog
+from tests.functional.labutil import serial, two_hosts
+from tests.functional.migrationutil import (
+    RunnerSampler,
+    assert_still_on_source,
+    beat,
+    cleanup,
+    qemu_pids,
+    virsh,
+)
+
+pytestmark = [pytest.mark.qemu, pytest.mark.lab]
+
+IMAGES = "/var/lib/pyvirt/images"
+SHARED = "/var/lib/pyvirt/shared"
+MIB = 1024 * 1024
+DISK_LINE = re.compile(r"PVW DISK \d+ gen=(\d+) written=(\d+) verified=(\d+) corrupt=(\d+)")
+
+
+@pytest.fixture(scope="module")
+def hosts() -> Iterator[list[LabHost]]:
+    yield from two_hosts()
+
+
+# -- images ------------------------------------------------------------------------------------
+def on_host(host: LabHost, path: str) -> Path:
+    """Where ``path`` (as the hosts see it) is from the root namespace."""
+    if path.startswith(SHARED + "/"):
+        return LAB_ROOT / "shared" / path[len(SHARED) + 1:]
+    assert path.startswith(IMAGES + "/"), path
+    return host.images_dir / path[len(IMAGES) + 1:]
+
+
+def make_image(host: LabHost, path: str, fmt: str, size_mib: int, seed_mib: int = 8,
+               backing: str | None = None) -> None:
+    """An image with ``seed_mib`` MiB of data at 32 MiB (beyond the guest's 4 MiB)."""
+    real = on_host(host, path)
+    real.parent.mkdir(parents=True, exist_ok=True)
+    argv = ["qemu-img", "create", "-q", "-f", fmt]
+    if backing is not None:
+        argv += ["-b", str(on_host(host, backing)), "-F", "raw"]
+    subprocess.run([*argv, str(real), f"{size_mib}M"], check=True)
+    if backing is not None:  # the overlay names its backing file as the hosts see it
+        subprocess.run(["qemu-img", "rebase", "-u", "-f", fmt, "-b", backing, "-F", "raw",
+                        str(real)], check=True)
+        return
+    if seed_mib:
+        subprocess.run(["qemu-io", "-f", fmt, "-c", f"write -P 0x5a 32M {seed_mib}M",
+                        str(real)], check=True, capture_output=True)
+
+
+def exists_on(host: LabHost, path: str) -> bool:
+    """``path`` exists as ``host`` sees it (inside its mount namespace: loop mounts too)."""
+    return subprocess.run(host_exec_argv(host, ["test", "-e", path])).returncode == 0
+
+
+def remove_images(hosts: list[LabHost], *paths: str) -> None:
+    for host in hosts:
+        for path in paths:
+            on_host(host, path).unlink(missing_ok=True)
+
+
+def compare(src: LabHost, dst: LabHost, path: str, fmt: str) -> None:
+    mine, theirs = on_host(src, path), on_host(dst, path)
+    assert mine.exists() and theirs.exists()
+    assert os.stat(mine).st_ino != os.stat(theirs).st_ino  # another file on another host
+    if path.startswith(IMAGES):
+        assert mine != theirs
+    # inside the source's namespace, where backing files resolve as the hosts name them
+    proc = subprocess.run(host_exec_argv(src, ["qemu-img", "compare", "-U", "-f", fmt, "-F",
+                                               fmt, path, str(theirs)]),
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+# -- the guest ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Disk:
+    path: str
+    fmt: str
+    target: str = "vda"
+
+
+def guest_xml(name: str, disks: list[Disk]) -> str:
+    xml = domain_xml(name, memory_mib=128, dirty_mb=8, disk=disks[0].path,
+                     disk_format=disks[0].fmt)
+    xml = xml.replace("pvw.disk=/dev/vda", "pvw.disk=/dev/vda pvw.disk_mb=4 pvw.disk_rate=4")
+    extra = "".join(
+        f"    <disk type='file' device='disk'>\n"
+        f"      <driver name='qemu' type='{d.fmt}' cache='none'/>\n"
+        f"      <source file='{d.path}'/>\n      <target dev='{d.target}' bus='virtio'/>\n"
+        f"    </disk>\n" for d in disks[1:])
+    return xml.replace("    <serial type='pty'>", extra + "    <serial type='pty'>", 1)
+
+
+def disk_progress(log: SerialLog) -> list[tuple[int, int, int, int]]:
+    """(gen, written, verified, corrupt) of every ``PVW DISK`` line."""
+    out = []
+    for line in log.lines():
+        m = DISK_LINE.search(line)
+        if m is not None:
+            gen, written, verified, corrupt = (int(g) for g in m.groups())
+            out.append((gen, written, verified, corrupt))
+    return out
+
+
+def wait_disk(log: SerialLog, min_gen: int, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not any(gen >= min_gen for gen, *_ in disk_progress(log)):
+        assert time.monotonic() < deadline, "\n".join(log.lines()[-10:])
+        time.sleep(0.2)
+
+
+def start(host: LabHost, name: str, tmp: Path, disks: list[Disk]) -> SerialLog:
+    xml = tmp / f"{name}.xml"
+    xml.write_text(guest_xml(name, disks))
+    rc, _, err = virsh(host.uri, "create", str(xml))
+    assert rc == 0, err
+    log = serial(host, name)
+    beat(log, above=2)
+    wait_disk(log, min_gen=2)  # the pattern wrapped: verification of old blocks runs
+    return log
+
+
+def assert_no_corruption(*logs: SerialLog) -> None:
+    for log in logs:
+        assert log.corrupt_lines() == [], log.corrupt_lines()
+        assert all(corrupt == 0 for *_, corrupt in disk_progress(log))
+
+
+# -- worker: a storage migration that succeeds -------------------------------------------------
+def _migrate(hosts: list[LabHost], tmp: Path, name: str, disks: list[Disk], *options: str,
+             copied: tuple[str, ...] = ("vda",), client: str = "virsh") -> None:
+    # Checks: see the module docstring (the worker).
+    src, dst = hosts
+    try:
+        _migrate_checked(hosts, tmp, name, disks, options, copied, client)
+    finally:
+        cleanup(dst, name)
+        cleanup(src, name)
+
+
+def _migrate_checked(hosts: list[LabHost], tmp: Path, name: str, disks: list[Disk],
+                     options: tuple[str, ...], copied: tuple[str, ...], client: str) -> None:
+    src, dst = hosts
+    src_log = start(src, name, tmp, disks)
+    argv = [client, "-c", src.uri, "migrate", "--live", "--suspend", "--verbose", *options,
+            name, dst.uri]
+    with RunnerSampler([src.uri, dst.uri], name):
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr
+    assert "Migration: [100 %]" in proc.stderr
+    assert virsh(dst.uri, "domstate", "--reason", name)[1] == "paused (user)\n\n"
+    assert not qemu_pids(src, name)
+    for disk in disks:
+        if disk.target in copied:
+            compare(src, dst, disk.path, disk.fmt)
+        elif disk.path.startswith(IMAGES):
+            assert not on_host(dst, disk.path).exists()
+    stats = virsh(dst.uri, "domjobinfo", "--completed", name)[1]
+    total = re.search(r"File total:\s+([\d.]+) MiB", stats)
+    processed = re.search(r"File processed:\s+([\d.]+) MiB", stats)
+    assert total and processed and float(total.group(1)) >= 4, stats  # what the mirrors moved
+    assert processed.group(1) == total.group(1), stats
+    last = src_log.last()
+    assert last is not None
+    gen_at_switch = max(gen for gen, *_ in disk_progress(src_log))
+    assert virsh(dst.uri, "resume", name)[0] == 0
+    dst_log = serial(dst, name)
+    assert beat(dst_log, above=last.n + 5) > last.n
+    wait_disk(dst_log, min_gen=gen_at_switch + 2)  # blocks written on the source re-verified
+    assert_no_corruption(src_log, dst_log)
+
+
+def test_storage_all_qcow2_stock_virsh(hosts: list[LabHost], tmp_path: Path) -> None:
+    # _migrate with the stock virsh, --copy-storage-all, one local qcow2 disk.
+    disk = Disk(f"{IMAGES}/s-q.qcow2", "qcow2")
+    make_image(hosts[0], disk.path, "qcow2", 64)
+    try:
+        _migrate(hosts, tmp_path, "s-q", [disk], "--copy-storage-all")
+    finally:
+        remove_images(hosts, disk.path)
+
+
+def test_storage_all_raw_p2p_pyvirsh(hosts: list[LabHost], tmp_path: Path) -> None:
+    # _migrate with pyvirsh --p2p, a local raw disk; the destination image stays sparse.
+    disk = Disk(f"{IMAGES}/s-r.raw", "raw")
+    make_image(hosts[0], disk.path, "raw", 64)
+    try:
+        _migrate(hosts, tmp_path, "s-r", [disk], "--p2p", "--copy-storage-all",
+                 client=str(Path(sys.executable).parent / "pyvirsh"))
+        src_blocks = on_host(hosts[0], disk.path).stat().st_blocks
+        dst_blocks = on_host(hosts[1], disk.path).stat().st_blocks
+        assert dst_blocks * 512 <= src_blocks * 512 + 16 * MIB, (src_blocks, dst_blocks)
+    finally:
+        remove_images(hosts, disk.path)
+
+
+def test_storage_migrate_disks_subset(hosts: list[LabHost], tmp_path: Path) -> None:
+    # _migrate with --migrate-disks vda: the local vda is copied, vdb (on shared storage)
+    # is not (no image appears in the destination's private directory).
+    vda = Disk(f"{IMAGES}/s-sub.qcow2", "qcow2")
+    vdb = Disk(f"{SHARED}/s-sub-b.raw", "raw", "vdb")
+    make_image(hosts[0], vda.path, "qcow2", 64)
+    make_image(hosts[0], vdb.path, "raw", 64, seed_mib=1)
+    try:
+        _migrate(hosts, tmp_path, "s-sub", [vda, vdb], "--copy-storage-all",
+                 "--migrate-disks", "vda")
+    finally:
+        remove_images(hosts, vda.path, vdb.path)
+
+
+def test_storage_inc_shared_backing(hosts: list[LabHost], tmp_path: Path) -> None:
+    # _migrate with --copy-storage-inc: a local qcow2 overlay over a raw backing file on
+    # shared storage; the destination pre-creates the overlay over the same backing file.
+    base = f"{SHARED}/s-inc-base.raw"
+    top = Disk(f"{IMAGES}/s-inc.qcow2", "qcow2")
+    make_image(hosts[0], base, "raw", 64, seed_mib=16)
+    make_image(hosts[0], top.path, "qcow2", 64, backing=base)
+    try:
+        _migrate(hosts, tmp_path, "s-inc", [top], "--copy-storage-inc")
+        info = subprocess.run(["qemu-img", "info", "-U", str(on_host(hosts[1], top.path))],
+                              capture_output=True, text=True).stdout
+        assert f"backing file: {base}" in info, info
+    finally:
+        remove_images(hosts, top.path, base)
+
+
+# -- failures ---------------------------------------------------------------------------------
+@contextlib.contextmanager
+def small_filesystem(host: LabHost, tmp: Path, mib: int) -> Iterator[str]:
+    """An ext4 loop filesystem of ``mib`` MiB on ``IMAGES/small`` in ``host``'s mount
+    namespace (O_DIRECT works there, unlike tmpfs); unmounted and its loop device freed."""
+    backing = tmp / "small.ext4"
+    subprocess.run(["truncate", "-s", f"{mib}M", str(backing)], check=True)
+    subprocess.run(["mkfs.ext4", "-q", "-F", str(backing)], check=True)
+    mountpoint = f"{IMAGES}/small"
+    on_host(host, mountpoint).mkdir(exist_ok=True)
+    subprocess.run(host_exec_argv(host, ["mount", "-o", "loop", str(backing), mountpoint]),
+                   check=True)
+    try:
+        yield mountpoint
+    finally:
+        subprocess.run(host_exec_argv(host, ["umount", mountpoint]), check=True)
+        on_host(host, mountpoint).rmdir()
+        leftover = subprocess.run(["losetup", "-j", str(backing)], capture_output=True,
+                                  text=True).stdout
+        assert not leftover.strip(), f"loop device left: {leftover}"
+
+
+def _refused_or_failed(hosts: list[LabHost], name: str, log: SerialLog, error: str,
+                       result: tuple[int, str, str], dst_path: str | None) -> None:
+    rc, _, err = result
+    assert rc == 1 and error in err, err
+    src, dst = hosts
+    assert_still_on_source(src, dst, name)
+    last = max(gen for gen, *_ in disk_progress(log))
+    wait_disk(log, min_gen=last + 1)  # still writing and verifying on its own disk
+    assert_no_corruption(log)
+    if dst_path is not None:
+        assert not exists_on(dst, dst_path), "pre-created image left behind"
+
+
+def test_storage_destination_too_small(hosts: list[LabHost], tmp_path: Path) -> None:
+    # The destination filesystem (16 MiB) cannot hold the image's 24 MiB of data: Prepare
+    # refuses before anything moves, with a clear error, and creates nothing.
+    src, dst = hosts
+    disk = Disk(f"{IMAGES}/small/s-small.raw", "raw")
+    make_image(src, disk.path, "raw", 64, seed_mib=24)
+    try:
+        with small_filesystem(dst, tmp_path, 16):
+            log = start(src, "s-small", tmp_path, [disk])
+            with RunnerSampler([src.uri, dst.uri], "s-small"):
+                result = virsh(src.uri, "migrate", "--live", "--copy-storage-all", "s-small",
+                               dst.uri)
+            _refused_or_failed(hosts, "s-small", log, "not enough free space", result,
+                               disk.path)
+    finally:
+        cleanup(src, disk.path.rsplit("/", 1)[1].split(".")[0])
+        remove_images([src], disk.path)
+
+
+def _when_copying(src: LabHost, dst: LabHost, name: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not (qemu_pids(dst, name)
+               and "File processed:" in virsh(src.uri, "domjobinfo", name)[1]):
+        assert time.monotonic() < deadline, "the disk copy did not start"
+        time.sleep(0.1)
+
+
+def test_storage_destination_fills_up(hosts: list[LabHost], tmp_path: Path) -> None:
+    # The destination filesystem fills up while the disk is copied (slowed to 4 MiB/s; a
+    # filler takes the room after Prepare): the mirror fails with ENOSPC, the migration
+    # fails, the guest runs on with its own disk, the pre-created image is gone.
+    src, dst = hosts
+    disk = Disk(f"{IMAGES}/small/s-full.raw", "raw")
+    make_image(src, disk.path, "raw", 64, seed_mib=24)
+    try:
+        with small_filesystem(dst, tmp_path, 48) as mountpoint:
+            log = start(src, "s-full", tmp_path, [disk])
+            result: list[tuple[int, str, str]] = []
+            thread = threading.Thread(target=lambda: result.append(virsh(
+                src.uri, "migrate", "--live", "--copy-storage-all", "--bandwidth", "4",
+                "s-full", dst.uri)))
+            filler = f"{mountpoint}/filler"
+            with RunnerSampler([src.uri, dst.uri], "s-full"):
+                thread.start()
+                try:
+                    _when_copying(src, dst, "s-full")
+                    # take every free block (dd stops at ENOSPC)
+                    subprocess.run(host_exec_argv(dst, ["dd", "if=/dev/zero", f"of={filler}",
+                                                        "bs=1M", "status=none"]),
+                                   stderr=subprocess.DEVNULL)
+                finally:
+                    thread.join(120)
+            subprocess.run(host_exec_argv(dst, ["rm", "-f", filler]), check=True)
+            _refused_or_failed(hosts, "s-full", log, "No space left on device", result[0],
+                               disk.path)
+    finally:
+        cleanup(src, disk.path.rsplit("/", 1)[1].split(".")[0])
+        remove_images([src], disk.path)
+
+
+def test_storage_abort_during_disk_copy(hosts: list[LabHost], tmp_path: Path) -> None:
+    # domjobabort while the disk is copied (2 MiB/s): the mirror is cancelled, the guest
+    # runs on with its own disk and every write, the destination is clean.
+    src, dst = hosts
+    disk = Disk(f"{IMAGES}/s-abort.qcow2", "qcow2")
+    make_image(src, disk.path, "qcow2", 64, seed_mib=16)
+    try:
+        log = start(src, "s-abort", tmp_path, [disk])
+        result: list[tuple[int, str, str]] = []
+        thread = threading.Thread(target=lambda: result.append(virsh(
+            src.uri, "migrate", "--live", "--p2p", "--copy-storage-all", "--bandwidth", "2",
+            "s-abort", dst.uri)))
+        with RunnerSampler([src.uri, dst.uri], "s-abort"):
+            thread.start()
+            try:
+                _when_copying(src, dst, "s-abort")
+                assert virsh(src.uri, "domjobabort", "s-abort")[0] == 0
+            finally:
+                thread.join(120)
+        _refused_or_failed(hosts, "s-abort", log, "cancel", result[0], disk.path)
+    finally:
+        cleanup(src, disk.path.rsplit("/", 1)[1].split(".")[0])
+        remove_images(hosts, disk.path)
+
+
+def test_storage_local_disk_refused_without_copy(hosts: list[LabHost], tmp_path: Path) -> None:
+    # A local disk and no --copy-storage-*: refused as unsafe, nothing happens.
+    src, dst = hosts
+    disk = Disk(f"{IMAGES}/s-unsafe.qcow2", "qcow2")
+    make_image(src, disk.path, "qcow2", 64)
+    try:
+        log = start(src, "s-unsafe", tmp_path, [disk])
+        result = virsh(src.uri, "migrate", "--live", "s-unsafe", dst.uri)
+        _refused_or_failed(hosts, "s-unsafe", log, "Migration without shared storage is unsafe",
+                           result, disk.path)
+    finally:
+        cleanup(src, disk.path.rsplit("/", 1)[1].split(".")[0])
+        remove_images(hosts, disk.path)
