@@ -15,6 +15,7 @@ from pathlib import Path
 
 from pyvirt.lab.guest import build_guest, domain_xml, parse_heartbeat
 from pyvirt.lab.hosts import LabHost, lab_down, lab_up
+from pyvirt.lab.uselock import acquire_lab
 
 GUEST = "guest1"
 BIN = Path(sys.executable).parent
@@ -86,6 +87,7 @@ def run_demo() -> None:
 
 
 def main() -> int:
+    acquire_lab("make demo")  # a test run or benchmark using the lab finishes first
     try:
         run_demo()
     finally:
