@@ -5,7 +5,7 @@ PYTEST    := $(VENV)/bin/pytest
 SYSPY     ?= /usr/bin/python3
 STAMP     := $(VENV)/.installed
 
-.PHONY: setup test test-fast lint demo guest clean
+.PHONY: setup test test-fast lint demo guest clean bench bench-quick
 
 setup: $(STAMP)
 	@bash tools/setup-host.sh
@@ -26,7 +26,7 @@ test-fast: setup
 	$(PYTEST) -q -m "not qemu"
 
 lint: setup
-	$(VENV)/bin/ruff check pyvirt tests
+	$(VENV)/bin/ruff check pyvirt tests bench
 	$(VENV)/bin/mypy
 
 guest: setup
@@ -34,6 +34,19 @@ guest: setup
 
 demo: setup
 	$(PY) -m pyvirt.lab.demo
+
+# Migration benchmark, pyvirt against raw QEMU (bench/README.md); results in bench/results/.
+BENCH_STAMP := $(VENV)/.bench-installed
+
+$(BENCH_STAMP): pyproject.toml $(STAMP)
+	@$(PY) -m pip install -q -e '.[test,bench]'
+	@touch $@
+
+bench: setup $(BENCH_STAMP)
+	$(PY) -m bench.migrate
+
+bench-quick: setup $(BENCH_STAMP)
+	$(PY) -m bench.migrate --quick
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -31,6 +31,7 @@ from collections.abc import Awaitable, Callable
 
 from pyvirt.client.ssh_bridge import BRIDGE_SCRIPT, REMOTE_PYTHON
 from pyvirt.errors import ErrorCode, ErrorDomain, VirtError
+from pyvirt.rpc.packet import READER_LIMIT
 from pyvirt.uri import DEFAULT_TCP_PORT, ConnectURI
 
 #: environment variable naming the ssh program (tests point it at a stand-in)
@@ -135,7 +136,7 @@ def _strerror(exc: OSError) -> str:
 async def _open_unix(uri: ConnectURI, readonly: bool, ssh_program: str | None) -> Transport:
     path = uri.socket_path(readonly)
     try:
-        reader, writer = await asyncio.open_unix_connection(path)
+        reader, writer = await asyncio.open_unix_connection(path, limit=READER_LIMIT)
     except OSError as exc:
         raise TransportError(f"Failed to connect socket to '{path}': {_strerror(exc)}") from None
     return Transport(reader, writer, f"unix:{path}")
@@ -145,7 +146,7 @@ async def _open_tcp(uri: ConnectURI, readonly: bool, ssh_program: str | None) ->
     host = uri.host or "localhost"
     port = uri.port or DEFAULT_TCP_PORT
     try:
-        reader, writer = await asyncio.open_connection(host, port)
+        reader, writer = await asyncio.open_connection(host, port, limit=READER_LIMIT)
     except socket.gaierror as exc:
         raise TransportError(f"Unable to resolve address '{host}' service '{port}': "
                              f"{exc.strerror}") from None  # fmt: skip

@@ -31,6 +31,7 @@ from pyvirt.rpc.keepalive import Keepalive
 from pyvirt.rpc.packet import (
     KEEPALIVE_PROGRAM,
     PACKET_MAX,
+    READER_LIMIT,
     Header,
     MessageStatus,
     MessageType,
@@ -88,12 +89,12 @@ class RPCClient(PacketConnection):
     # -- construction ------------------------------------------------------------------------
     @classmethod
     async def connect_unix(cls, path: str, **kwargs: Any) -> RPCClient:
-        reader, writer = await asyncio.open_unix_connection(path)
+        reader, writer = await asyncio.open_unix_connection(path, limit=READER_LIMIT)
         return await cls.from_streams(reader, writer, **kwargs)
 
     @classmethod
     async def connect_tcp(cls, host: str, port: int, **kwargs: Any) -> RPCClient:
-        reader, writer = await asyncio.open_connection(host, port)
+        reader, writer = await asyncio.open_connection(host, port, limit=READER_LIMIT)
         return await cls.from_streams(reader, writer, **kwargs)
 
     @classmethod

@@ -38,6 +38,10 @@ PACKET_MIN = LEN_SIZE + HEADER_SIZE
 PACKET_MAX = MESSAGE_MAX + LEN_SIZE
 #: libvirtd's chunk size for stream data it sends (the legacy payload maximum)
 STREAM_CHUNK_MAX = 262_120
+#: asyncio StreamReader limit for RPC connections. asyncio's default (64 KiB) pauses the
+#: transport at 128 KiB buffered and resumes it when a reader waits: twice per 256 KiB
+#: stream packet. Above a few packets, a tunnelled migration reads without that churn.
+READER_LIMIT = 4 << 20
 
 
 class MessageType(enum.IntEnum):

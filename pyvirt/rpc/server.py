@@ -41,7 +41,7 @@ from types import TracebackType
 from typing import Any
 
 from pyvirt.errors import InvalidArgError
-from pyvirt.rpc.packet import PACKET_MAX
+from pyvirt.rpc.packet import PACKET_MAX, READER_LIMIT
 from pyvirt.rpc.protocol import Program
 from pyvirt.rpc.remote_protocol import REMOTE
 from pyvirt.rpc.server_client import Dispatcher, ServerClient
@@ -261,9 +261,10 @@ class RPCServer:
         sock.setblocking(False)
         try:
             if listener.kind == "unix":
-                reader, writer = await asyncio.open_unix_connection(sock=sock)
+                reader, writer = await asyncio.open_unix_connection(sock=sock,
+                                                                    limit=READER_LIMIT)
             else:
-                reader, writer = await asyncio.open_connection(sock=sock)
+                reader, writer = await asyncio.open_connection(sock=sock, limit=READER_LIMIT)
         except BaseException:
             sock.close()
             self._forget(opened=False)

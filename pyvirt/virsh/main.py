@@ -349,7 +349,14 @@ def run() -> None:
     except BrokenPipeError:  # e.g. `pyvirsh list | head -1`
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         status = 1
-    sys.exit(status)
+    # The connections are closed and nothing is registered with atexit: skip the
+    # interpreter's teardown (module and thread cleanup), ~10 ms of every command.
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe or stream: what it held is lost
+            status = status or 1
+    os._exit(status)
 
 
 if __name__ == "__main__":
