@@ -15,8 +15,9 @@ The worker ``_migrate`` checks:
   - after ``resume`` the heartbeat continues from where it stopped (same boot) and the disk
     writer keeps writing and verifying on the destination; no ``CORRUPT`` line anywhere.
 Failure cases check: the guest keeps running on the source with its disk verifying, the
-destination holds no domain, QEMU or pre-created image, and (loop filesystems) nothing is
-left mounted.
+destination holds no domain, QEMU, pre-created image or listening migration/NBD port, the
+source's QEMU no mirror job or NBD client node (storageutil.assert_nothing_left), and (loop
+filesystems) nothing is left mounted. Crashes and more failures: test_lab_storage_failures.py.
 """
 
 from __future__ import annotations
@@ -27,15 +28,12 @@ import re
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from pyvirt.lab.guest import domain_xml
-from pyvirt.lab.hosts import LAB_ROOT, LabHost, host_exec_argv
+from pyvirt.lab.hosts import LabHost, host_exec_argv
 from tests.functional.guestlog import SerialLog
 from tests.functional.labutil import serial, two_hosts
 from tests.functional.migrationutil import (
@@ -46,13 +44,24 @@ from tests.functional.migrationutil import (
     qemu_pids,
     virsh,
 )
+from tests.functional.storageutil import (
+    IMAGES,
+    MIB,
+    SHARED,
+    Disk,
+    assert_no_corruption,
+    assert_nothing_left,
+    disk_progress,
+    make_image,
+    on_host,
+    remove_images,
+    start,
+    wait_disk,
+    when_copying,
+)
 
 pytestmark = [pytest.mark.qemu, pytest.mark.lab]
 
-IMAGES = "/var/lib/pyvirt/images"
-SHARED = "/var/lib/pyvirt/shared"
-MIB = 1024 * 1024
-DISK_LINE = re.compile(r"PVW DISK \d+ gen=(\d+) written=(\d+) verified=(\d+) corrupt=(\d+)")
 
 
 @pytest.fixture(scope="module")
@@ -61,43 +70,6 @@ def hosts() -> Iterator[list[LabHost]]:
 
 
 # -- images ------------------------------------------------------------------------------------
-def on_host(host: LabHost, path: str) -> Path:
-    """Where ``path`` (as the hosts see it) is from the root namespace."""
-    if path.startswith(SHARED + "/"):
-        return LAB_ROOT / "shared" / path[len(SHARED) + 1:]
-    assert path.startswith(IMAGES + "/"), path
-    return host.images_dir / path[len(IMAGES) + 1:]
-
-
-def make_image(host: LabHost, path: str, fmt: str, size_mib: int, seed_mib: int = 8,
-               backing: str | None = None) -> None:
-    """An image with ``seed_mib`` MiB of data at 32 MiB (beyond the guest's 4 MiB)."""
-    real = on_host(host, path)
-    real.parent.mkdir(parents=True, exist_ok=True)
-    argv = ["qemu-img", "create", "-q", "-f", fmt]
-    if backing is not None:
-        argv += ["-b", str(on_host(host, backing)), "-F", "raw"]
-    subprocess.run([*argv, str(real), f"{size_mib}M"], check=True)
-    if backing is not None:  # the overlay names its backing file as the hosts see it
-        subprocess.run(["qemu-img", "rebase", "-u", "-f", fmt, "-b", backing, "-F", "raw",
-                        str(real)], check=True)
-        return
-    if seed_mib:
-        subprocess.run(["qemu-io", "-f", fmt, "-c", f"write -P 0x5a 32M {seed_mib}M",
-                        str(real)], check=True, capture_output=True)
-
-
-def exists_on(host: LabHost, path: str) -> bool:
-    """``path`` exists as ``host`` sees it (inside its mount namespace: loop mounts too)."""
-    return subprocess.run(host_exec_argv(host, ["test", "-e", path])).returncode == 0
-
-
-def remove_images(hosts: list[LabHost], *paths: str) -> None:
-    for host in hosts:
-        for path in paths:
-            on_host(host, path).unlink(missing_ok=True)
-
-
 def compare(src: LabHost, dst: LabHost, path: str, fmt: str) -> None:
     mine, theirs = on_host(src, path), on_host(dst, path)
     assert mine.exists() and theirs.exists()
@@ -109,61 +81,6 @@ def compare(src: LabHost, dst: LabHost, path: str, fmt: str) -> None:
                                                fmt, path, str(theirs)]),
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-
-
-# -- the guest ---------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Disk:
-    path: str
-    fmt: str
-    target: str = "vda"
-
-
-def guest_xml(name: str, disks: list[Disk]) -> str:
-    xml = domain_xml(name, memory_mib=128, dirty_mb=8, disk=disks[0].path,
-                     disk_format=disks[0].fmt)
-    xml = xml.replace("pvw.disk=/dev/vda", "pvw.disk=/dev/vda pvw.disk_mb=4 pvw.disk_rate=4")
-    extra = "".join(
-        f"    <disk type='file' device='disk'>\n"
-        f"      <driver name='qemu' type='{d.fmt}' cache='none'/>\n"
-        f"      <source file='{d.path}'/>\n      <target dev='{d.target}' bus='virtio'/>\n"
-        f"    </disk>\n" for d in disks[1:])
-    return xml.replace("    <serial type='pty'>", extra + "    <serial type='pty'>", 1)
-
-
-def disk_progress(log: SerialLog) -> list[tuple[int, int, int, int]]:
-    """(gen, written, verified, corrupt) of every ``PVW DISK`` line."""
-    out = []
-    for line in log.lines():
-        m = DISK_LINE.search(line)
-        if m is not None:
-            gen, written, verified, corrupt = (int(g) for g in m.groups())
-            out.append((gen, written, verified, corrupt))
-    return out
-
-
-def wait_disk(log: SerialLog, min_gen: int, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while not any(gen >= min_gen for gen, *_ in disk_progress(log)):
-        assert time.monotonic() < deadline, "\n".join(log.lines()[-10:])
-        time.sleep(0.2)
-
-
-def start(host: LabHost, name: str, tmp: Path, disks: list[Disk]) -> SerialLog:
-    xml = tmp / f"{name}.xml"
-    xml.write_text(guest_xml(name, disks))
-    rc, _, err = virsh(host.uri, "create", str(xml))
-    assert rc == 0, err
-    log = serial(host, name)
-    beat(log, above=2)
-    wait_disk(log, min_gen=2)  # the pattern wrapped: verification of old blocks runs
-    return log
-
-
-def assert_no_corruption(*logs: SerialLog) -> None:
-    for log in logs:
-        assert log.corrupt_lines() == [], log.corrupt_lines()
-        assert all(corrupt == 0 for *_, corrupt in disk_progress(log))
 
 
 # -- worker: a storage migration that succeeds -------------------------------------------------
@@ -295,8 +212,9 @@ def _refused_or_failed(hosts: list[LabHost], name: str, log: SerialLog, error: s
     last = max(gen for gen, *_ in disk_progress(log))
     wait_disk(log, min_gen=last + 1)  # still writing and verifying on its own disk
     assert_no_corruption(log)
-    if dst_path is not None:
-        assert not exists_on(dst, dst_path), "pre-created image left behind"
+    # no domain, QEMU, pre-created image or listening port on the destination, no mirror
+    # or NBD client node left in the source's QEMU
+    assert_nothing_left(src, dst, name, created=(dst_path,) if dst_path else ())
 
 
 def test_storage_destination_too_small(hosts: list[LabHost], tmp_path: Path) -> None:
@@ -318,14 +236,6 @@ def test_storage_destination_too_small(hosts: list[LabHost], tmp_path: Path) -> 
         remove_images([src], disk.path)
 
 
-def _when_copying(src: LabHost, dst: LabHost, name: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while not (qemu_pids(dst, name)
-               and "File processed:" in virsh(src.uri, "domjobinfo", name)[1]):
-        assert time.monotonic() < deadline, "the disk copy did not start"
-        time.sleep(0.1)
-
-
 def test_storage_destination_fills_up(hosts: list[LabHost], tmp_path: Path) -> None:
     # The destination filesystem fills up while the disk is copied (slowed to 4 MiB/s; a
     # filler takes the room after Prepare): the mirror fails with ENOSPC, the migration
@@ -344,7 +254,7 @@ def test_storage_destination_fills_up(hosts: list[LabHost], tmp_path: Path) -> N
             with RunnerSampler([src.uri, dst.uri], "s-full"):
                 thread.start()
                 try:
-                    _when_copying(src, dst, "s-full")
+                    when_copying(src, dst, "s-full")
                     # take every free block (dd stops at ENOSPC)
                     subprocess.run(host_exec_argv(dst, ["dd", "if=/dev/zero", f"of={filler}",
                                                         "bs=1M", "status=none"]),
@@ -374,7 +284,7 @@ def test_storage_abort_during_disk_copy(hosts: list[LabHost], tmp_path: Path) ->
         with RunnerSampler([src.uri, dst.uri], "s-abort"):
             thread.start()
             try:
-                _when_copying(src, dst, "s-abort")
+                when_copying(src, dst, "s-abort")
                 assert virsh(src.uri, "domjobabort", "s-abort")[0] == 0
             finally:
                 thread.join(120)

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from pyvirt.client.aio import AsyncConnection
 from pyvirt.constants import DomainState, MigrateFlags, PausedReason
-from pyvirt.errors import OperationFailedError, VirtError
+from pyvirt.errors import ErrorCode, OperationFailedError, VirtError
 from pyvirt.qemu.domain_obj import DomainObj
 from pyvirt.qemu.migration import qemu_ops, src
 from pyvirt.qemu.migration.cookie import CookieNBD, MigrationCookie
@@ -35,6 +35,9 @@ log = logging.getLogger(__name__)
 FEATURE_P2P, FEATURE_V3, FEATURE_PARAMS = 4, 6, 13
 #: how long a source waits for a destination that vanished during Finish to come back
 OUTCOME_WAIT_S = 60.0
+#: while the disks are copied, how often the source asks whether the destination's incoming
+#: QEMU still runs (p2p: the source has the connection to ask on)
+INCOMING_CHECK_S = 2.0
 
 
 async def perform(engine: MigrationEngine, obj: DomainObj, dconnuri: str,
@@ -123,9 +126,16 @@ async def _perform(engine: MigrationEngine, obj: DomainObj, dconn: AsyncConnecti
     job = obj.migration
     assert job is not None
 
+    next_check = 0.0
+
     async def peer_alive() -> None:
+        nonlocal next_check
         if not dconn.isAlive():
             raise OperationFailedError("Lost connection to destination host")
+        now = asyncio.get_running_loop().time()
+        if job.storage is not None and job.storage.nodes and now >= next_check:
+            next_check = now + INCOMING_CHECK_S
+            await _incoming_alive(dconn, obj.uuid)
 
     try:
         await src.perform_native(engine, obj, job, request.migrate_uri or uri_out or "",
@@ -133,6 +143,25 @@ async def _perform(engine: MigrationEngine, obj: DomainObj, dconn: AsyncConnecti
     except BaseException as exc:  # finish the protocol, then report this error
         return exc
     return None
+
+
+async def _incoming_alive(dconn: AsyncConnection, uuid: str) -> None:
+    """While the disks are copied: the destination's incoming QEMU still runs. A rate-limited
+    mirror notices a dead NBD target only at its next write (seconds later at 1 MiB/s);
+    the destination daemon knows at once, and the mirror must not wait for that write."""
+    try:
+        async with asyncio.timeout(INCOMING_CHECK_S):
+            dom = await dconn.lookupByUUIDString(uuid)
+            active = bool(await dom.isActive())
+    except TimeoutError:
+        return  # a busy or dying connection: keepalive decides
+    except VirtError as exc:
+        if exc.code != ErrorCode.NO_DOMAIN:
+            return  # not an answer about the domain; keepalive watches the connection
+        active = False
+    if not active:
+        raise OperationFailedError("the destination QEMU exited during migration (while the "
+                                   "disks were copied)")
 
 
 async def _finish(engine: MigrationEngine, obj: DomainObj, dconn: AsyncConnection,

@@ -13,6 +13,9 @@
                NBD nodes ─► migrate-continue
     failure    block-job-cancel force=true ─► jobs gone ─► blockdev-del: the guest keeps
                running on its own disks, with every write it made
+    dead peer  p2p also asks the destination every 2 s whether its incoming QEMU still
+               runs (p2p._incoming_alive): a rate-limited mirror would notice a dead NBD
+               target only at its next write
 
 Progress (``query-block-jobs`` and BLOCK_JOB_* events) lands in ``job.storage``; job info
 and statistics count it as disk bytes (storage.disk_stats).
