@@ -26,6 +26,10 @@ EventCallback = Callable[[str, dict[str, Any], float], None]
 EofCallback = Callable[[], Awaitable[None]]
 
 DEFAULT_COMMAND_TIMEOUT_S = 60.0
+#: how often the monitor socket's path is checked while QEMU starts: a migration's Prepare
+#: waits for it while the client waits (QEMU takes ~30-40 ms to bind it; checking a path
+#: is cheap)
+MONITOR_POLL_S = 0.002
 
 
 class MonitorError(OperationFailedError):
@@ -78,7 +82,7 @@ class Monitor:
         if asyncio.get_running_loop().time() > deadline:
             raise OperationTimeoutError(
                 f"QEMU monitor of '{self.name}' did not come up in time") from cause
-        await asyncio.sleep(0.01)
+        await asyncio.sleep(MONITOR_POLL_S)
 
     async def execute(
         self, command: str, args: dict[str, Any] | None = None,

@@ -38,6 +38,35 @@ class QemuProcess:
         return process_matches(self.pid, self.uuid)
 
     async def wait_exit(self, timeout: float) -> bool:
+        """Wait until the process is gone; False if it is still alive after ``timeout``.
+
+        The exit wakes us through a pidfd at once: a migration's Confirm stops the source
+        QEMU while the client waits (polling cost up to a whole poll period).
+        """
+        if not self.alive():
+            return True
+        try:
+            pidfd = os.pidfd_open(self.pid)
+        except OSError:  # gone meanwhile, or a kernel without pidfds
+            return await self._poll_exit(timeout)
+        loop = asyncio.get_running_loop()
+        exited: asyncio.Future[None] = loop.create_future()
+
+        def on_exit() -> None:
+            if not exited.done():
+                exited.set_result(None)
+
+        loop.add_reader(pidfd, on_exit)
+        try:
+            if self.alive():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(exited, timeout)
+        finally:
+            loop.remove_reader(pidfd)
+            os.close(pidfd)
+        return not self.alive()
+
+    async def _poll_exit(self, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
         while self.alive():
             if time.monotonic() > deadline:
