@@ -36,9 +36,9 @@ import pytest
 
 import pyvirt
 from pyvirt.constants import MigrateFlags as F
-from tests.functional import test_migration_grid as grid
+from tests.functional import gridutil as grid
 from tests.functional.daemon_util import running_daemon_pair
-from tests.functional.test_migration_grid import (
+from tests.functional.gridutil import (
     MODES,
     Pair,
     assert_destination_clean,
