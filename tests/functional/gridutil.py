@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import socket
 import subprocess
+import threading
 import time
 import uuid as uuidlib
 from collections.abc import Callable, Mapping
@@ -309,3 +310,16 @@ def _write_xml(pair: Pair, guest: Guest, tag: str, **changes: Any) -> str:
     path = pair.tmp / f"{guest.name}-{tag}.xml"
     path.write_text(guest_xml(guest.name, guest.uuid, **changes))
     return str(path)
+
+
+@dataclass
+class Background:
+    """``virsh migrate`` running in a thread; ``result`` once it ended."""
+
+    thread: threading.Thread
+    result: list[tuple[int, str, str]]
+
+    def wait(self) -> tuple[int, str, str]:
+        self.thread.join(60)
+        assert self.result, "virsh migrate did not return"
+        return self.result[0]

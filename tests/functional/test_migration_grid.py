@@ -57,6 +57,7 @@ from tests.functional.gridutil import (
     MODES,
     SRC_CAPS,
     SRC_PARAMS,
+    Background,
     Case,
     Guest,
     Pair,
@@ -501,19 +502,6 @@ def test_name_clash_on_destination(pair: Pair) -> None:
 
 
 # -- a migration in progress ----------------------------------------------------------------
-@dataclass
-class Background:
-    """``virsh migrate`` running in a thread; ``result`` once it ended."""
-
-    thread: threading.Thread
-    result: list[tuple[int, str, str]]
-
-    def wait(self) -> tuple[int, str, str]:
-        self.thread.join(60)
-        assert self.result, "virsh migrate did not return"
-        return self.result[0]
-
-
 def slow_migration(pair: Pair, guest: Guest, *options: str, timeout: float = 60) -> Background:
     """Start migrating ``guest`` (whose QEMU copies slowly) and wait until it copies."""
     result: list[tuple[int, str, str]] = []

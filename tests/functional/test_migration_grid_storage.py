@@ -40,6 +40,7 @@ from tests.functional import gridutil as grid
 from tests.functional.daemon_util import running_daemon_pair
 from tests.functional.gridutil import (
     MODES,
+    Background,
     Pair,
     assert_destination_clean,
     assert_no_job,
@@ -476,17 +477,6 @@ def test_storage_refused_offline_and_direct(pair: Pair) -> None:
 
 
 # -- a storage migration in progress ----------------------------------------------------------
-@dataclass
-class Background:
-    thread: threading.Thread
-    result: list[tuple[int, str, str]]
-
-    def wait(self) -> tuple[int, str, str]:
-        self.thread.join(60)
-        assert self.result, "virsh migrate did not return"
-        return self.result[0]
-
-
 def _background(pair: Pair, guest: Guest, *options: str) -> Background:
     result: list[tuple[int, str, str]] = []
     argv = ("migrate", *options, "--xml", str(guest.dst_xml), guest.name, pair.dst.uri)
