@@ -62,7 +62,8 @@ from tests.functional.storageutil import (
 pytestmark = [pytest.mark.qemu, pytest.mark.lab]
 
 PYVIRSH = str(Path(sys.executable).parent / "pyvirsh")
-FILE_PROCESSED = re.compile(r"File processed:\s+([\d.]+) MiB")
+FILE_PROCESSED = re.compile(r"File processed:\s+([\d.]+) (B|KiB|MiB|GiB)\n")
+UNITS = {"B": 1, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30}
 PROGRESS = re.compile(r"Migration: \[\s*(\d+) %\]")
 
 
@@ -232,9 +233,10 @@ def _file_processed_grows(frm: LabHost, name: str) -> None:
     deadline = time.monotonic() + 30
     while len(set(seen)) < 3:
         assert time.monotonic() < deadline, seen
-        m = FILE_PROCESSED.search(virsh(frm.uri, "domjobinfo", name)[1])
-        assert m is not None
-        seen.append(float(m.group(1)))
+        out = virsh(frm.uri, "domjobinfo", name)[1]
+        m = FILE_PROCESSED.search(out)  # virsh scales: 0.000 B at the start, then KiB, MiB
+        assert m is not None, out
+        seen.append(float(m.group(1)) * UNITS[m.group(2)])
         time.sleep(0.3)
     assert seen == sorted(seen), seen
 
