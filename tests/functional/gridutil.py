@@ -6,15 +6,20 @@ Used by test_migration_grid.py (modes x options, failures) and test_migration_gr
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import socket
 import subprocess
 import threading
 import time
 import uuid as uuidlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 import pyvirt
 from pyvirt.constants import UNLIMITED_BANDWIDTH_BYTES
@@ -24,6 +29,7 @@ from tests.functional.daemon_util import (
     listening_tcp_ports,
     local_address,
     run,
+    running_daemon_pair,
 )
 
 MIB = 1024 * 1024
@@ -323,3 +329,38 @@ class Background:
         self.thread.join(60)
         assert self.result, "virsh migrate did not return"
         return self.result[0]
+
+
+@contextlib.contextmanager
+def daemon_pair(tmp_path_factory: pytest.TempPathFactory, label: str) -> Iterator[Pair]:
+    """Two pyvirtd with fake QEMUs for a test module, sharing one "shared" directory."""
+    shared = tmp_path_factory.mktemp("shared")
+    with running_daemon_pair(ports=32, qemu_conf={"shared_filesystems": [str(shared)]}) \
+            as (src, dst):
+        yield Pair(src, dst, tmp_path_factory.mktemp(label), shared)
+
+
+def emptied_after_test(daemons: Pair) -> Iterator[Pair]:
+    """Body of the ``pair`` fixture: the module's daemons, emptied after the test (domains,
+    faults, extra processes, fake QEMUs). What the daemons logged meanwhile is printed
+    (pytest shows it when the test failed)."""
+    logs = [(daemon, len(daemon.log())) for daemon in (daemons.src, daemons.dst)]
+    yield daemons
+    for daemon, start in logs:
+        print(f"--- {daemon.root} log ---\n{daemon.log()[start:][-6000:]}")
+    for proc in daemons.extra:
+        proc.kill()
+        proc.wait(5)
+    daemons.extra.clear()
+    for daemon in (daemons.src, daemons.dst):
+        assert daemon.proc.poll() is None, "pyvirtd died"  # O7
+        daemon.set_faults({})
+        names = virsh(daemon, "list", "--all", "--name")[1].split()
+        for name in names:
+            virsh(daemon, "destroy", name)
+            virsh(daemon, "undefine", name)
+        leftovers = fake_qemus(daemon)
+        for pid in leftovers:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        assert not leftovers, f"fake QEMUs outlived their domains: {leftovers}"

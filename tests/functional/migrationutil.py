@@ -17,6 +17,7 @@ import json
 import os
 import shlex
 import signal
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -224,29 +225,33 @@ def source_argv(host: LabHost, name: str, tmp: Path) -> list[str]:
     return out
 
 
-def qmp_status(path: Path) -> str:
-    import socket as sk
-
-    with sk.socket(sk.AF_UNIX) as sock:
+def qmp_socket(path: Path | str, command: str) -> Any:
+    """One QMP command straight to a QEMU monitor socket (no daemon in between)."""
+    with socket.socket(socket.AF_UNIX) as sock:
         sock.settimeout(10)
         sock.connect(str(path))
         reader = sock.makefile("rb")
-        reader.readline()
-        sock.sendall(b'{"execute": "qmp_capabilities"}')
-        while b"return" not in reader.readline():
-            pass
-        sock.sendall(b'{"execute": "query-status"}')
-        while True:
-            reply = json.loads(reader.readline())
-            if "return" in reply:
-                return str(reply["return"]["status"])
+        reader.readline()  # the greeting
+        for request in ({"execute": "qmp_capabilities"}, {"execute": command}):
+            sock.sendall(json.dumps(request).encode())
+            while True:
+                reply = json.loads(reader.readline())
+                if "return" in reply or "error" in reply:
+                    break
+        assert "return" in reply, reply
+        return reply["return"]
 
 
-def qmp(host: LabHost, name: str, command: str) -> Any:
-    """Ask the guest's QEMU through the daemon (virsh qemu-monitor-command, QMP)."""
+def qmp_status(path: Path) -> str:
+    return str(qmp_socket(path, "query-status")["status"])
 
-    rc, out, err = virsh(host.uri, "qemu-monitor-command", name,
-                         json.dumps({"execute": command}))
+
+def qmp(host: LabHost, name: str, command: str, **args: Any) -> Any:
+    """A QMP command to the guest's QEMU through the daemon (virsh qemu-monitor-command)."""
+    request: dict[str, Any] = {"execute": command}
+    if args:
+        request["arguments"] = args
+    rc, out, err = virsh(host.uri, "qemu-monitor-command", name, json.dumps(request))
     assert rc == 0, err
     return json.loads(out)["return"]
 
@@ -336,7 +341,9 @@ def small_filesystem(host: LabHost, mountpoint: str, size_mib: int) -> Iterator[
         yield mountpoint
     finally:
         host_run(host, "umount", "-d", mountpoint, check=False)
+        leftover = host_run(host, "losetup", "-j", backing, check=False)
         host_run(host, "rm", "-rf", mountpoint, backing, check=False)
+        assert not leftover.strip(), f"loop device left: {leftover}"
 
 
 def fill_filesystem(host: LabHost, directory: str) -> None:

@@ -12,9 +12,7 @@ no mirror job and no ``migration-*`` NBD client node left in the guest's QEMU.
 
 from __future__ import annotations
 
-import json
 import re
-import socket
 import subprocess
 import time
 from dataclasses import dataclass
@@ -25,7 +23,7 @@ from pyvirt.lab.guest import domain_xml
 from pyvirt.lab.hosts import LAB_ROOT, LabHost, host_exec_argv
 from tests.functional.guestlog import SerialLog
 from tests.functional.labutil import serial
-from tests.functional.migrationutil import beat, qemu_pids, virsh
+from tests.functional.migrationutil import beat, qemu_pids, qmp, qmp_socket, virsh
 
 IMAGES = "/var/lib/pyvirt/images"
 SHARED = "/var/lib/pyvirt/shared"
@@ -145,16 +143,6 @@ def when_copying(src: LabHost, dst: LabHost, name: str, timeout: float = 60) -> 
 
 
 # -- what a host holds -------------------------------------------------------------------------
-def qmp(host: LabHost, name: str, command: str, **args: Any) -> Any:
-    """A QMP command to the guest's QEMU through the daemon (virsh qemu-monitor-command)."""
-    request: dict[str, Any] = {"execute": command}
-    if args:
-        request["arguments"] = args
-    rc, out, err = virsh(host.uri, "qemu-monitor-command", name, json.dumps(request))
-    assert rc == 0, err
-    return json.loads(out)["return"]
-
-
 def qmp_direct(host: LabHost, name: str, command: str) -> Any:
     """A QMP command straight to the guest's QEMU monitor socket (from its command line),
     for when ``host``'s daemon is dead (QEMU takes one monitor client at a time)."""
@@ -163,19 +151,7 @@ def qmp_direct(host: LabHost, name: str, command: str) -> Any:
     argv = Path(f"/proc/{pids[0]}/cmdline").read_bytes().decode().split("\0")
     chardev = next(a for a in argv if "id=charmonitor" in a)
     path = next(p[len("path="):] for p in chardev.split(",") if p.startswith("path="))
-    with socket.socket(socket.AF_UNIX) as sock:
-        sock.settimeout(10)
-        sock.connect(path)
-        reader = sock.makefile("rb")
-        reader.readline()  # the greeting
-        for request in ({"execute": "qmp_capabilities"}, {"execute": command}):
-            sock.sendall(json.dumps(request).encode())
-            while True:
-                reply = json.loads(reader.readline())
-                if "return" in reply or "error" in reply:
-                    break
-        assert "return" in reply, reply
-        return reply["return"]
+    return qmp_socket(path, command)
 
 
 def block_leftovers(host: LabHost, name: str) -> list[str]:

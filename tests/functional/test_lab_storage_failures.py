@@ -36,6 +36,7 @@ from tests.functional.migrationutil import (
     beat,
     cleanup,
     qemu_pids,
+    qmp,
     stop_daemon,
     virsh,
 )
@@ -51,7 +52,6 @@ from tests.functional.storageutil import (
     disk_progress,
     listening_ports,
     make_image,
-    qmp,
     qmp_direct,
     remove_images,
     start,

@@ -22,7 +22,6 @@ filesystems) nothing is left mounted. Crashes and more failures: test_lab_storag
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import subprocess
@@ -41,7 +40,10 @@ from tests.functional.migrationutil import (
     assert_still_on_source,
     beat,
     cleanup,
+    fill_filesystem,
+    host_run,
     qemu_pids,
+    small_filesystem,
     virsh,
 )
 from tests.functional.storageutil import (
@@ -182,27 +184,6 @@ def test_storage_inc_shared_backing(hosts: list[LabHost], tmp_path: Path) -> Non
 
 
 # -- failures ---------------------------------------------------------------------------------
-@contextlib.contextmanager
-def small_filesystem(host: LabHost, tmp: Path, mib: int) -> Iterator[str]:
-    """An ext4 loop filesystem of ``mib`` MiB on ``IMAGES/small`` in ``host``'s mount
-    namespace (O_DIRECT works there, unlike tmpfs); unmounted and its loop device freed."""
-    backing = tmp / "small.ext4"
-    subprocess.run(["truncate", "-s", f"{mib}M", str(backing)], check=True)
-    subprocess.run(["mkfs.ext4", "-q", "-F", str(backing)], check=True)
-    mountpoint = f"{IMAGES}/small"
-    on_host(host, mountpoint).mkdir(exist_ok=True)
-    subprocess.run(host_exec_argv(host, ["mount", "-o", "loop", str(backing), mountpoint]),
-                   check=True)
-    try:
-        yield mountpoint
-    finally:
-        subprocess.run(host_exec_argv(host, ["umount", mountpoint]), check=True)
-        on_host(host, mountpoint).rmdir()
-        leftover = subprocess.run(["losetup", "-j", str(backing)], capture_output=True,
-                                  text=True).stdout
-        assert not leftover.strip(), f"loop device left: {leftover}"
-
-
 def _refused_or_failed(hosts: list[LabHost], name: str, log: SerialLog, error: str,
                        result: tuple[int, str, str], dst_path: str | None) -> None:
     rc, _, err = result
@@ -224,7 +205,7 @@ def test_storage_destination_too_small(hosts: list[LabHost], tmp_path: Path) -> 
     disk = Disk(f"{IMAGES}/small/s-small.raw", "raw")
     make_image(src, disk.path, "raw", 64, seed_mib=24)
     try:
-        with small_filesystem(dst, tmp_path, 16):
+        with small_filesystem(dst, f"{IMAGES}/small", 16):
             log = start(src, "s-small", tmp_path, [disk])
             with RunnerSampler([src.uri, dst.uri], "s-small"):
                 result = virsh(src.uri, "migrate", "--live", "--copy-storage-all", "s-small",
@@ -244,24 +225,20 @@ def test_storage_destination_fills_up(hosts: list[LabHost], tmp_path: Path) -> N
     disk = Disk(f"{IMAGES}/small/s-full.raw", "raw")
     make_image(src, disk.path, "raw", 64, seed_mib=24)
     try:
-        with small_filesystem(dst, tmp_path, 48) as mountpoint:
+        with small_filesystem(dst, f"{IMAGES}/small", 48) as mountpoint:
             log = start(src, "s-full", tmp_path, [disk])
             result: list[tuple[int, str, str]] = []
             thread = threading.Thread(target=lambda: result.append(virsh(
                 src.uri, "migrate", "--live", "--copy-storage-all", "--bandwidth", "4",
                 "s-full", dst.uri)))
-            filler = f"{mountpoint}/filler"
             with RunnerSampler([src.uri, dst.uri], "s-full"):
                 thread.start()
                 try:
                     when_copying(src, dst, "s-full")
-                    # take every free block (dd stops at ENOSPC)
-                    subprocess.run(host_exec_argv(dst, ["dd", "if=/dev/zero", f"of={filler}",
-                                                        "bs=1M", "status=none"]),
-                                   stderr=subprocess.DEVNULL)
+                    fill_filesystem(dst, mountpoint)
                 finally:
                     thread.join(120)
-            subprocess.run(host_exec_argv(dst, ["rm", "-f", filler]), check=True)
+            host_run(dst, "rm", "-f", f"{mountpoint}/filler")
             _refused_or_failed(hosts, "s-full", log, "No space left on device", result[0],
                                disk.path)
     finally:

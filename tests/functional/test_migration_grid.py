@@ -69,9 +69,11 @@ from tests.functional.gridutil import (
     assert_no_listening_ports,
     assert_source_runs,
     commands,
+    daemon_pair,
     disk_image,
     domstate,
     dst_setup,
+    emptied_after_test,
     eventually,
     fake_qemus,
     guest_xml,
@@ -85,36 +87,13 @@ from tests.functional.gridutil import (
 
 @pytest.fixture(scope="module")
 def daemons(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair]:
-    shared = tmp_path_factory.mktemp("shared")
-    with running_daemon_pair(ports=32, qemu_conf={"shared_filesystems": [str(shared)]}) \
-            as (src, dst):
-        yield Pair(src, dst, tmp_path_factory.mktemp("grid"), shared)
+    with daemon_pair(tmp_path_factory, "grid") as pair:
+        yield pair
 
 
 @pytest.fixture
 def pair(daemons: Pair) -> Iterator[Pair]:
-    """The module's daemons, emptied after the test: domains, faults, fake QEMUs. What the
-    daemons logged meanwhile is printed (pytest shows it when the test failed)."""
-    logs = [(daemon, len(daemon.log())) for daemon in (daemons.src, daemons.dst)]
-    yield daemons
-    for daemon, start in logs:
-        print(f"--- {daemon.root} log ---\n{daemon.log()[start:][-6000:]}")
-    for proc in daemons.extra:
-        proc.kill()
-        proc.wait(5)
-    daemons.extra.clear()
-    for daemon in (daemons.src, daemons.dst):
-        assert daemon.proc.poll() is None, "pyvirtd died"  # O7
-        daemon.set_faults({})
-        names = virsh(daemon, "list", "--all", "--name")[1].split()
-        for name in names:
-            virsh(daemon, "destroy", name)
-            virsh(daemon, "undefine", name)
-        leftovers = fake_qemus(daemon)
-        for pid in leftovers:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        assert not leftovers, f"fake QEMUs outlived their domains: {leftovers}"
+    yield from emptied_after_test(daemons)
 
 
 _Extra = tuple[tuple[str, ...], Mapping[str, object]]

@@ -21,7 +21,6 @@ Two workers (STYLE habit 10):
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import subprocess
@@ -37,7 +36,6 @@ import pytest
 import pyvirt
 from pyvirt.constants import MigrateFlags as F
 from tests.functional import gridutil as grid
-from tests.functional.daemon_util import running_daemon_pair
 from tests.functional.gridutil import (
     MODES,
     Background,
@@ -45,7 +43,9 @@ from tests.functional.gridutil import (
     assert_destination_clean,
     assert_no_job,
     assert_no_listening_ports,
+    daemon_pair,
     domstate,
+    emptied_after_test,
     eventually,
     fake_qemus,
     virsh,
@@ -56,30 +56,13 @@ MIB = 1024 * 1024
 
 @pytest.fixture(scope="module")
 def daemons(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair]:
-    shared = tmp_path_factory.mktemp("shared")
-    with running_daemon_pair(ports=32, qemu_conf={"shared_filesystems": [str(shared)]}) \
-            as (src, dst):
-        yield Pair(src, dst, tmp_path_factory.mktemp("grid-storage"), shared)
+    with daemon_pair(tmp_path_factory, "grid-storage") as pair:
+        yield pair
 
 
 @pytest.fixture
 def pair(daemons: Pair) -> Iterator[Pair]:
-    """The module's daemons, emptied after the test (domains, faults, fake QEMUs)."""
-    logs = [(daemon, len(daemon.log())) for daemon in (daemons.src, daemons.dst)]
-    yield daemons
-    for daemon, start in logs:
-        print(f"--- {daemon.root} log ---\n{daemon.log()[start:][-6000:]}")
-    for daemon in (daemons.src, daemons.dst):
-        assert daemon.proc.poll() is None, "pyvirtd died"  # O7
-        daemon.set_faults({})
-        for name in virsh(daemon, "list", "--all", "--name")[1].split():
-            virsh(daemon, "destroy", name)
-            virsh(daemon, "undefine", name)
-        leftovers = fake_qemus(daemon)
-        for pid in leftovers:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        assert not leftovers, f"fake QEMUs outlived their domains: {leftovers}"
+    yield from emptied_after_test(daemons)
 
 
 # -- guests with disks -------------------------------------------------------------------------
