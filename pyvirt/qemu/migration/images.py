@@ -131,9 +131,9 @@ def free_space(path: str) -> int | None:
     return stat.f_bfree * stat.f_frsize
 
 
-async def prepare(spec: ImageSpec, incremental: bool) -> bool:
-    """Check or create the image of ``spec``; True when this call created it."""
-    existing = await image_info(spec.path)
+async def prepare(spec: ImageSpec, incremental: bool, existing: ImageInfo | None) -> bool:
+    """Check or create the image of ``spec`` (``existing``: its :func:`image_info`); True
+    when this call created it."""
     decision = decide(spec, existing, free_space(spec.path), incremental)
     if decision is Decision.USE:
         return False

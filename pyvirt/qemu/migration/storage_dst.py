@@ -66,10 +66,11 @@ async def prepare_images(job: MigrationJob, definition: DomainDef, request: Migr
     for sent in _cookie_disks(cookie):
         disk = _disk(definition, sent.target)
         spec = image_spec(disk, sent)
-        if disk.type == "block" and await images.image_info(spec.path) is None:
+        existing = await images.image_info(spec.path)
+        if disk.type == "block" and existing is None:
             raise OperationFailedError(f"disk {disk.target_dev}: block device {spec.path} "
                                        "does not exist on the destination")
-        if await images.prepare(spec, incremental):
+        if await images.prepare(spec, incremental, existing):
             job.created_images.append(spec.path)
             job.record()
         disks.append(disk)
