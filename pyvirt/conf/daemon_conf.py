@@ -265,6 +265,8 @@ DAEMON_SCHEMA = Schema.of(
         Key("run_dir", _S, "/run/pyvirt", check=check_absolute_path),
         Key("log_dir", _S, "/var/log/pyvirt", check=check_absolute_path),
         Key("qemu_conf", _S, None, check=check_absolute_path),
+        Key("event_loop_tick_ms", _U, 50, check=check_positive),
+        Key("event_loop_lag_warn_ms", _U, 100, check=check_positive),
     ],
     [
         CrossCheck(("min_workers", "max_workers"), _workers_order),
@@ -317,6 +319,9 @@ class DaemonConfig:
     run_dir: str = "/run/pyvirt"
     log_dir: str = "/var/log/pyvirt"
     qemu_conf: str = "/etc/pyvirt/qemu.conf"
+    #: the event-loop lag monitor (pyvirt.daemon.loopwatch)
+    event_loop_tick_ms: int = 50
+    event_loop_lag_warn_ms: int = 100
 
     def with_overrides(self, **changes: Any) -> DaemonConfig:
         """A copy with *changes* applied, validated like the file (values in file form:

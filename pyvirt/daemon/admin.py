@@ -132,7 +132,9 @@ class AdminDispatcher:
 
     ``servers``: name → server, listed in this order by ``srv-list`` (libvirtd's order is
     "libvirtd", then "admin").  ``allowed_uid``: the only peer uid that may open (default:
-    this process's euid, as libvirt).
+    this process's euid, as libvirt).  ``loop_stats``: extra UINT fields appended to every
+    server's ``srv-threadpool-info`` (the daemon's event-loop lag, see
+    :mod:`pyvirt.daemon.loopwatch`; all servers share the one loop).
     """
 
     def __init__(
@@ -141,8 +143,10 @@ class AdminDispatcher:
         *,
         lib_version: int = LIB_VERSION,
         allowed_uid: int | None = None,
+        loop_stats: Callable[[], Mapping[str, int]] | None = None,
     ) -> None:
         self._servers: dict[str, RPCServer] = dict(servers)
+        self._loop_stats = loop_stats
         self.lib_version = lib_version
         self.allowed_uid = os.geteuid() if allowed_uid is None else allowed_uid
         self._warned_unregistered = False
@@ -238,7 +242,12 @@ class AdminDispatcher:
 
     async def _get_threadpool(self, client: ClientContext, args: Any) -> Any:
         info = self._server(args["srv"].name).threadpool_info()
-        return {"params": [TypedParam.of_uint(f, info[f]) for f in THREADPOOL_FIELDS]}
+        params = [TypedParam.of_uint(f, info[f]) for f in THREADPOOL_FIELDS]
+        # pyvirt's extra fields come after libvirt's, which keep their order; virt-admin
+        # prints every field it receives
+        if self._loop_stats is not None:
+            params += [TypedParam.of_uint(f, v) for f, v in self._loop_stats().items()]
+        return {"params": params}
 
     async def _set_threadpool(self, client: ClientContext, args: Any) -> None:
         server = self._server(args["srv"].name, _NO_SERVER_FOUND)

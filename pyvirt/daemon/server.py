@@ -23,6 +23,7 @@ from pyvirt.conf.qemu_conf import QemuConfig
 from pyvirt.daemon import domain_procs, host_procs, migration_procs, qemu_procs
 from pyvirt.daemon.admin import AdminDispatcher, admin_server_limits
 from pyvirt.daemon.context import STATE_KEY, Call, ClientState, Handler
+from pyvirt.daemon.loopwatch import LoopWatch
 from pyvirt.errors import OperationFailedError
 from pyvirt.qemu.driver import QemuDriver
 from pyvirt.qemu.settings import DriverSettings
@@ -110,6 +111,7 @@ class Daemon:
         self.admin: RPCServer | None = None
         self._stop = asyncio.Event()
         self._pidfile_fd: int | None = None
+        self.loop_watch = LoopWatch(cfg.event_loop_tick_ms, cfg.event_loop_lag_warn_ms)
 
     @property
     def sock_dir(self) -> Path:
@@ -117,6 +119,7 @@ class Daemon:
 
     async def start(self) -> None:
         self._take_pidfile()
+        self.loop_watch.start()
         await self.driver.initialize(autostart=True)
         self.sock_dir.mkdir(parents=True, exist_ok=True, mode=0o755)
         await self.server.listen_unix(str(self.sock_dir / RW_SOCKET_NAME),
@@ -131,8 +134,9 @@ class Daemon:
 
     async def _start_admin(self) -> None:
         """The admin socket, where virt-admin reads and changes the processing controls."""
-        dispatcher = AdminDispatcher({"libvirtd": self.server},
-                                     lib_version=host_procs.LIB_VERSION)
+        dispatcher = AdminDispatcher(
+            {"libvirtd": self.server}, lib_version=host_procs.LIB_VERSION,
+            loop_stats=lambda: self.loop_watch.stats().as_admin_fields())
         self.admin = RPCServer(dispatcher, programs=(ADMIN,), limits=admin_server_limits(),
                                name="admin")
         dispatcher.add_server("admin", self.admin)
@@ -154,6 +158,7 @@ class Daemon:
         self._stop.set()
 
     async def stop(self) -> None:
+        self.loop_watch.stop()
         for server in (self.admin, self.server):
             if server is not None:
                 await server.close()
