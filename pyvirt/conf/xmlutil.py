@@ -8,7 +8,10 @@ hostile sender could use against us, *before or while* the tree is built:
 * documents over :data:`MAX_XML_BYTES` (libvirt's ``REMOTE_STRING_MAX``, the largest
   string its wire protocol carries anyway);
 * nesting deeper than :data:`MAX_DEPTH` or more than :data:`MAX_ELEMENTS` elements, so a
-  small document cannot make us allocate a huge tree.
+  small document cannot make us allocate a huge tree;
+* optionally (:class:`XmlLimits`), attribute values and runs of text longer than a cap.
+
+The migration cookie uses the same parser with its own :class:`XmlLimits`.
 
 :class:`XNode` is the other half of "strict": parsers ask it for attributes and children
 by name, and it remembers what was asked for. :meth:`XNode.finish` then refuses whatever
@@ -19,14 +22,14 @@ being silently dropped.
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from defusedxml import DefusedXmlException
 from defusedxml.ElementTree import DefusedXMLParser
 
-from pyvirt.errors import ConfigUnsupportedError, XMLError
+from pyvirt.errors import ConfigUnsupportedError, VirtError, XMLError
 
 #: libvirt's REMOTE_STRING_MAX: no XML document can be larger on the wire
 MAX_XML_BYTES = 4 * 1024 * 1024
@@ -46,62 +49,122 @@ def quote(value: str) -> str:
     return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in short)
 
 
+@dataclass(frozen=True)
+class XmlLimits:
+    """What one untrusted document may cost: checked before or while the tree is built."""
+
+    #: the whole document, in bytes (UTF-8)
+    max_bytes: int = MAX_XML_BYTES
+    max_depth: int = MAX_DEPTH
+    max_elements: int = MAX_ELEMENTS
+    #: one attribute value or one run of text, in characters (None: only ``max_bytes``)
+    max_value_chars: int | None = None
+    #: children of the root that embed another document (checked again by that document's
+    #: own parser), where ``max_value_chars`` does not apply
+    embedded: frozenset[str] = frozenset()
+    #: how messages name the document
+    what: str = "XML document"
+
+
+#: the domain XML's limits (a ``<description>`` may use the whole document)
+DOMAIN_LIMITS = XmlLimits()
+
+
 class _BoundedBuilder(ET.TreeBuilder):
     """A TreeBuilder that aborts the parse as soon as the tree gets too deep or big."""
 
-    def __init__(self) -> None:
+    def __init__(self, limits: XmlLimits, error: Callable[[str], VirtError]) -> None:
         super().__init__()
+        self._limits = limits
+        self._error = error
         self._depth = 0
         self._count = 0
+        #: depth of the embedded document being read (0: none)
+        self._embedded_at = 0
+        #: characters of the current run of text
+        self._run = 0
 
     def start(self, tag: Any, attrs: Any) -> ET.Element:
+        limits = self._limits
         self._depth += 1
         self._count += 1
-        if self._depth > MAX_DEPTH:
-            raise XMLError(f"XML document is nested deeper than {MAX_DEPTH} elements")
-        if self._count > MAX_ELEMENTS:
-            raise XMLError(f"XML document has more than {MAX_ELEMENTS} elements")
+        self._run = 0
+        if self._depth > limits.max_depth:
+            raise self._error(
+                f"{limits.what} is nested deeper than {limits.max_depth} elements")
+        if self._count > limits.max_elements:
+            raise self._error(f"{limits.what} has more than {limits.max_elements} elements")
+        if self._depth == 2 and tag in limits.embedded:
+            self._embedded_at = 2
+        if self._capped():
+            for name, value in attrs.items():
+                self._check_value(len(value), f"an attribute '{quote(name)}'")
         return super().start(tag, attrs)
 
+    def data(self, data: str) -> None:
+        self._run += len(data)
+        if self._capped():
+            self._check_value(self._run, "a text")
+        super().data(data)
+
     def end(self, tag: Any) -> ET.Element:
+        if self._depth == self._embedded_at:
+            self._embedded_at = 0
         self._depth -= 1
+        self._run = 0
         return super().end(tag)
 
+    def _capped(self) -> bool:
+        return self._limits.max_value_chars is not None and not self._embedded_at
 
-def _byte_size(text: str | bytes) -> int:
+    def _check_value(self, chars: int, what: str) -> None:
+        cap = self._limits.max_value_chars
+        if cap is not None and chars > cap:
+            raise self._error(f"{self._limits.what} has {what} longer than {cap} characters")
+
+
+def _byte_size(text: str | bytes, cap: int) -> int:
     if isinstance(text, bytes):
         return len(text)
     # a str can be far bigger than its length once encoded; count before encoding all
-    if len(text) * 4 <= MAX_XML_BYTES:
+    if len(text) * 4 <= cap:
         return len(text)
     return len(text.encode("utf-8", "surrogatepass"))
 
 
-def parse_xml_document(text: str | bytes, root_tag: str) -> ET.Element:
-    """Parse untrusted *text* whose root element must be *root_tag*."""
+def parse_xml_document(text: str | bytes, root_tag: str | None,
+                       limits: XmlLimits = DOMAIN_LIMITS,
+                       error: Callable[[str], VirtError] = XMLError) -> ET.Element:
+    """Parse untrusted *text* whose root element must be *root_tag* (None: any).
+
+    Every refusal is ``error(detail)``: XMLError for domain XML, the caller's own class
+    for other documents (a migration cookie is libvirt's internal error).
+    """
+    what = limits.what
     if not isinstance(text, str | bytes):
-        raise XMLError("XML document must be text")
-    if _byte_size(text) > MAX_XML_BYTES:
-        raise XMLError(f"XML document is larger than {MAX_XML_BYTES} bytes")
+        raise error(f"{what} must be text")
+    if _byte_size(text, limits.max_bytes) > limits.max_bytes:
+        raise error(f"{what} is larger than {limits.max_bytes} bytes")
     if not text.strip():
-        raise XMLError("failed to parse XML document: document is empty")
+        raise error(f"failed to parse {what}: document is empty")
     parser = DefusedXMLParser(
-        target=_BoundedBuilder(), forbid_dtd=True, forbid_entities=True, forbid_external=True
+        target=_BoundedBuilder(limits, error), forbid_dtd=True, forbid_entities=True,
+        forbid_external=True,
     )
     try:
         parser.feed(text)
         root: ET.Element = parser.close()
     except DefusedXmlException as exc:
-        raise XMLError(
-            "failed to parse XML document: DTDs and entity declarations are not allowed "
+        raise error(
+            f"failed to parse {what}: DTDs and entity declarations are not allowed "
             f"({quote(str(exc))})"
         ) from None
     except ET.ParseError as exc:
-        raise XMLError(f"failed to parse XML document: {exc}") from None
+        raise error(f"failed to parse {what}: {exc}") from None
     except (UnicodeError, ValueError) as exc:
-        raise XMLError(f"failed to parse XML document: {quote(str(exc))}") from None
-    if root.tag != root_tag:
-        raise XMLError(f"expecting root element of '{root_tag}', not '{_display(root.tag)}'")
+        raise error(f"failed to parse {what}: {quote(str(exc))}") from None
+    if root_tag is not None and root.tag != root_tag:
+        raise error(f"expecting root element of '{root_tag}', not '{_display(root.tag)}'")
     return root
 
 

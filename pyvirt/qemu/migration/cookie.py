@@ -19,7 +19,9 @@ libvirt's QEMU driver format (qemu_migration_cookie.c), so a real libvirtd can b
       <capabilities><cap name= auto=/></capabilities>   always sent (libvirt 9.0 reads it
     </qemu-migration>                                     without a NULL check)
 
-Parsing is safe (defusedxml: no DTD, no entities) and capped at :data:`COOKIE_MAX_BYTES`.
+Parsing is bounded like the domain XML parser's (the same parser, :data:`COOKIE_LIMITS`):
+no DTD and so no entities, at most :data:`COOKIE_MAX_BYTES`, nesting, element count and the
+length of the cookie's own values capped while the tree is built.
 Errors carry libvirt's words and code (VIR_ERR_INTERNAL_ERROR). Elements a cookie may carry
 that pyvirt does not model (``network``, ``blockDirtyBitmaps``, ...) are ignored, as libvirt
 ignores what it did not ask for; only mandatory ``<feature>``s must be understood.
@@ -42,12 +44,22 @@ from xml.sax.saxutils import escape
 from defusedxml import DefusedXmlException
 from defusedxml.ElementTree import fromstring
 
+from pyvirt.conf.xmlutil import MAX_DEPTH, MAX_ELEMENTS, XmlLimits, parse_xml_document, quote
 from pyvirt.errors import ErrorCode, VirtError
 
 if TYPE_CHECKING:
     from pyvirt.conf.domain import DomainDef
 
 COOKIE_MAX_BYTES: Final = 4 * 1024 * 1024
+#: longest attribute value or text of the cookie's own elements: a backing-file path
+#: (PATH_MAX) or a lock manager's leases fit many times over
+COOKIE_VALUE_MAX: Final = 64 * 1024
+#: the domain XML parser's caps, one level deeper and a little bigger for the cookie's own
+#: elements; the embedded <domain> and <cpu> are parsed again by the domain parser
+COOKIE_LIMITS: Final = XmlLimits(
+    max_bytes=COOKIE_MAX_BYTES, max_depth=MAX_DEPTH + 1, max_elements=MAX_ELEMENTS + 1000,
+    max_value_chars=COOKIE_VALUE_MAX, embedded=frozenset({"domain", "cpu"}),
+    what="migration cookie")
 
 #: libvirt's cookie feature names (qemuMigrationCookieFlag), in libvirt's order
 FEATURES: Final = ("graphics", "lockstate", "persistent", "network", "nbd", "statistics",
@@ -275,10 +287,12 @@ def check_peer(cookie: MigrationCookie, *, expected_name: str, expected_uuid: st
     """The checks libvirt makes on an incoming cookie (qemuMigrationCookieXMLParse)."""
     if cookie.name != expected_name:
         raise CookieError(
-            f"Incoming cookie data had unexpected name {cookie.name} vs {expected_name}")
+            f"Incoming cookie data had unexpected name {quote(cookie.name)} vs "
+            f"{quote(expected_name)}")
     if _canonical_uuid(cookie.uuid) != _canonical_uuid(expected_uuid):
         raise CookieError(
-            f"Incoming cookie data had unexpected UUID {cookie.uuid} vs {expected_uuid}")
+            f"Incoming cookie data had unexpected UUID {quote(cookie.uuid)} vs "
+            f"{quote(expected_uuid)}")
     if _canonical_uuid(cookie.hostuuid) == _canonical_uuid(local_host_uuid):
         raise CookieError(f"Attempt to migrate guest to the same host {cookie.hostuuid}")
 
@@ -343,15 +357,14 @@ def _capabilities_xml(caps: tuple[CookieCap, ...]) -> str:
 
 # -- parsing helpers ----------------------------------------------------------------------------
 def _parse(text: str) -> Element:
-    if len(text.encode()) > COOKIE_MAX_BYTES:
-        raise CookieError(f"migration cookie is larger than {COOKIE_MAX_BYTES} bytes")
-    try:
-        root: Element = fromstring(text, forbid_dtd=True)
-    except (ParseError, DefusedXmlException, ValueError) as exc:
-        raise CookieError(f"malformed migration cookie: {exc}") from None
+    root = parse_xml_document(text, None, COOKIE_LIMITS, _malformed)
     if root.tag != "qemu-migration":
-        raise CookieError(f"unexpected root element '{root.tag}' in migration cookie")
+        raise CookieError(f"unexpected root element '{quote(root.tag)}' in migration cookie")
     return root
+
+
+def _malformed(detail: str) -> CookieError:
+    return CookieError(f"malformed migration cookie: {detail}")
 
 
 def _required(root: Element, tag: str) -> str:
@@ -377,7 +390,7 @@ def _features(root: Element, supported: frozenset[str]) -> tuple[str, ...]:
         if name is None:
             raise CookieError("missing feature name")
         if name not in FEATURES:
-            raise CookieError(f"Unknown migration cookie feature {name}")
+            raise CookieError(f"Unknown migration cookie feature {quote(name)}")
         if name not in supported:
             raise CookieError(f"Unsupported migration cookie feature {name}")
         names.append(name)
@@ -399,7 +412,7 @@ def _graphics(node: Element | None) -> CookieGraphics | None:
     if kind is None:
         raise CookieError("missing type attribute in migration data")
     if kind not in GRAPHICS_TYPES:
-        raise CookieError(f"unknown graphics type {kind}")
+        raise CookieError(f"unknown graphics type {quote(kind)}")
     port = _int(node.get("port"))
     if port is None:
         raise CookieError("missing port attribute in migration data")
@@ -430,7 +443,7 @@ def _nbd(node: Element | None) -> CookieNBD | None:
     raw_port = node.get("port")
     port = _int(raw_port)
     if raw_port is not None and port is None:
-        raise CookieError(f"Malformed nbd port '{raw_port}'")
+        raise CookieError(f"Malformed nbd port '{quote(raw_port)}'")
     disks: list[CookieNBDDisk] = []
     for disk in node.findall("disk"):
         target = disk.get("target")
@@ -438,11 +451,12 @@ def _nbd(node: Element | None) -> CookieNBD | None:
             raise CookieError("Malformed disk target")
         capacity = _int(disk.get("capacity"), signed=False)
         if capacity is None:
-            raise CookieError(f"Malformed disk capacity: '{disk.get('capacity') or '<null>'}'")
+            raise CookieError(
+                f"Malformed disk capacity: '{quote(disk.get('capacity') or '<null>')}'")
         raw_allocation = disk.get("allocation")
         allocation = _int(raw_allocation, signed=False)
         if raw_allocation is not None and allocation is None:
-            raise CookieError(f"Malformed disk allocation: '{raw_allocation}'")
+            raise CookieError(f"Malformed disk allocation: '{quote(raw_allocation)}'")
         disks.append(CookieNBDDisk(target, capacity, disk.get("format"), allocation,
                                    disk.get("backing"), disk.get("backingFormat")))
     return CookieNBD(port, tuple(disks))
