@@ -30,6 +30,7 @@ from pyvirt.conf.domain_util import controllers_of, disk_index, disk_prefix, for
 from pyvirt.conf.domain_util import machine_family as family_of
 from pyvirt.conf.xmlutil import quote
 from pyvirt.errors import ConfigUnsupportedError, ErrorCode, ErrorDomain, VirtError, XMLError
+from pyvirt.safefs import UnsafePathError, check_component, check_path
 
 #: libvirt's limit is the file-name length of the domain's config file
 NAME_MAX = 255
@@ -477,6 +478,36 @@ def _check_pci_range(address: PCIAddress, text: str) -> None:
         raise ConfigUnsupportedError(f"Invalid PCI address {text}. function must be <= 7")
 
 
+# --- paths (they reach the filesystem as root: docs/security.md) ---------------------------
+
+
+def _paths(dom: DomainDef) -> Iterator[tuple[str, str | None]]:
+    yield "emulator", dom.devices.emulator
+    yield "kernel", dom.os.kernel
+    yield "initrd", dom.os.initrd
+    for disk in dom.devices.disks:
+        if disk.type in ("file", "block"):
+            yield f"disk {disk.target_dev} source", disk.source
+    for chardev in (*dom.devices.serials, *dom.devices.consoles, *dom.devices.channels):
+        if chardev.type in ("file", "unix"):
+            yield f"{chardev.kind} source", chardev.source_path
+        yield f"{chardev.kind} log file", chardev.log_file
+
+
+def _check_paths(dom: DomainDef) -> None:
+    """Every path is absolute and normalized; a channel's target name, which may name its
+    socket in the domain's run directory, is one safe file-name component."""
+    try:
+        for what, path in _paths(dom):
+            if path is not None:
+                check_path(path, what)
+        for channel in dom.devices.channels:
+            if channel.target_name is not None:
+                check_component(channel.target_name, "channel target name")
+    except UnsafePathError as exc:
+        raise XMLError(str(exc)) from None
+
+
 def _check_disk_names(dom: DomainDef) -> None:
     for disk in dom.devices.disks:
         if disk.address is None and disk.target_bus != "virtio" and disk_index(
@@ -494,6 +525,7 @@ _CHECKS: tuple[Callable[[DomainDef], None], ...] = (
     _check_boot,
     _check_disks,
     _check_disk_names,
+    _check_paths,
     _check_controllers,
     _check_interfaces,
     _check_chardevs,

@@ -31,6 +31,15 @@ class PortAllocator:
         raise InternalError(f"Unable to find an unused port in range '{self.name}' "
                             f"({self.low}-{self.high})")
 
+    def claim(self, port: int, listen: str) -> None:
+        """Take the port a client chose (it must lie in this allocator's range)."""
+        if not self.low <= port <= self.high:
+            raise OperationFailedError(
+                f"port {port} is outside the {self.name} port range ({self.low}-{self.high})")
+        if port in self._used or not _port_free(listen, port):
+            raise OperationFailedError(f"port {port} is already in use")
+        self._used.add(port)
+
     def reserve(self, port: int) -> None:
         """Mark a port taken by a reattached domain."""
         self._used.add(port)

@@ -8,17 +8,19 @@ in the live XML, so a restarted daemon knows what to release.
 
 from __future__ import annotations
 
-import contextlib
-import shutil
+import logging
 from pathlib import Path
 from typing import Any
 
+from pyvirt import safefs
 from pyvirt.conf.domain import CharDevDef, DomainDef
 from pyvirt.qemu import resources
 from pyvirt.qemu.argv_aliases import assign_aliases
 from pyvirt.qemu.domain_obj import DomainObj, RuntimeResources
 from pyvirt.qemu.monitor import Monitor
 from pyvirt.qemu.resources import PortAllocator
+
+log = logging.getLogger(__name__)
 
 
 def prepare_resources(obj: DomainObj, live: DomainDef, run_dir: Path,
@@ -40,9 +42,11 @@ def prepare_resources(obj: DomainObj, live: DomainDef, run_dir: Path,
             iface.target_dev = resources.create_tap(
                 iface.source_bridge, set(obj.resources.tap_devices))
             obj.resources.tap_devices.append(iface.target_dev)
-    for channel in live.devices.channels:
+    for position, channel in enumerate(live.devices.channels):
         if channel.type == "unix" and not channel.source_path:
-            target = channel.target_name or f"channel{live.devices.channels.index(channel)}"
+            # validated as one file-name component (domain_validate), checked again here
+            target = safefs.check_component(channel.target_name or f"channel{position}",
+                                            "channel target name")
             channel.source_path = str(run_dir / target)
             channel.source_mode = channel.source_mode or "bind"
 
@@ -79,8 +83,7 @@ def release_resources(obj: DomainObj, ports: PortAllocator) -> None:
     for tap in obj.resources.tap_devices:
         resources.delete_tap(tap)
     if obj.resources.run_dir is not None:
-        with contextlib.suppress(OSError):
-            shutil.rmtree(obj.resources.run_dir)
+        remove_run_dir(obj.resources.run_dir)
     obj.resources = RuntimeResources()
 
 
@@ -101,5 +104,13 @@ def release_resources_of(live: DomainDef, run_dir: Path) -> None:
     for iface in live.devices.interfaces:
         if iface.type == "bridge" and iface.target_dev:
             resources.delete_tap(iface.target_dev)
-    with contextlib.suppress(OSError):
-        shutil.rmtree(run_dir)
+    remove_run_dir(run_dir)
+
+
+def remove_run_dir(run_dir: Path) -> None:
+    """A domain's run directory is an entry of the driver's run_dir named ``domain-*``;
+    removed through safefs (by fd, no symlink followed), anything else refused."""
+    if not run_dir.name.startswith("domain-"):
+        log.error("refusing to remove %s: not a domain run directory", run_dir)
+        return
+    safefs.remove_in(run_dir.parent, run_dir.name)

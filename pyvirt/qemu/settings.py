@@ -7,8 +7,20 @@ tested) without a daemon.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
+
+#: libvirt's virDomainDefGetShortName keeps the first 20 characters
+SHORT_NAME_MAX = 20
+_UNSAFE_IN_SHORT_NAME = re.compile(r"[^A-Za-z0-9_.+-]")
+
+
+def short_name(name: str) -> str:
+    """The first 20 characters of ``name``, each outside ``[A-Za-z0-9_.+-]`` as ``_``, and
+    no leading dot (so never ``.``/``..``). The domain id keeps directories unique."""
+    short = _UNSAFE_IN_SHORT_NAME.sub("_", name[:SHORT_NAME_MAX])
+    return "_" + short[1:] if short.startswith(".") else short or "_"
 
 
 @dataclass(frozen=True)
@@ -44,6 +56,14 @@ class DriverSettings:
     #: keepalive of the peer-to-peer connection to a destination daemon
     p2p_keepalive_interval: int = 5
     p2p_keepalive_count: int = 5
+    #: qemu.conf's stdio_handler: "logd" (logs through a log writer that caps and rotates
+    #: them at log_max_size bytes, log_max_backups copies) or "file" (QEMU writes, no cap)
+    stdio_handler: str = "logd"
+    log_max_size: int = 2 * 1024 * 1024
+    log_max_backups: int = 3
+    #: host name lookups: seconds a caller waits at most, threads doing them
+    dns_lookup_timeout_s: float = 5.0
+    dns_lookup_threads: int = 4
 
     @property
     def config_dir(self) -> Path:
@@ -62,7 +82,9 @@ class DriverSettings:
         return self.log_dir
 
     def domain_run_dir(self, dom_id: int, name: str) -> Path:
-        return self.status_dir / f"domain-{dom_id}-{name}"
+        """``domain-<id>-<shortname>`` as libvirt's, built from a safe encoding of the name
+        (never the raw name: it must not be able to leave ``run_dir``)."""
+        return self.status_dir / f"domain-{dom_id}-{short_name(name)}"
 
     def ensure_dirs(self) -> None:
         for path in (self.config_dir, self.autostart_dir, self.status_dir, self.qemu_log_dir):

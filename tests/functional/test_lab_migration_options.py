@@ -269,7 +269,7 @@ def test_dname_listen_address_migrateuri(hosts: list[LabHost], tmp_path: Path) -
     src, dst = hosts
     start_guest(src, "m-name", tmp_path)
     rc, _, err = virsh(src.uri, "migrate", "--live", "--dname", "m-renamed",
-                       "--listen-address", "10.77.0.2", "--migrateuri", "tcp://10.77.0.2:49300",
+                       "--listen-address", "10.77.0.2", "--migrateuri", "tcp://10.77.0.2:49215",
                        "m-name", dst.uri)
     assert rc == 0, err
     assert virsh(dst.uri, "domstate", "--reason", "m-renamed")[1] == "running (migrated)\n\n"

@@ -249,14 +249,14 @@ def _listens(host: LabHost, port: int) -> Callable[[], None]:
 
 def test_storage_options_show_in_qemu(hosts: list[LabHost], tmp_path: Path) -> None:
     # Three hops of one guest, each option's effect checked while its disk is copied:
-    # 1. pyvirsh --p2p --disks-port 49250 --copy-storage-synchronous-writes --verbose:
-    #    the destination's NBD server listens on 49250 (ss in its namespace), domjobinfo's
+    # 1. pyvirsh --p2p --disks-port 49214 --copy-storage-synchronous-writes --verbose:
+    #    the destination's NBD server listens on 49214 (ss in its namespace), domjobinfo's
     #    file bytes grow, the mirror runs write-blocking (actively-synced), pyvirsh prints
     #    intermediate percentages and reaches 100 %;
     # 2. back with --disks-uri unix:///var/lib/pyvirt/shared/...: the socket exists (the
     #    shared directory: both hosts see it) and the source's NBD client node connects to
     #    it; the mirror runs in the background mode;
-    # 3. again with --disks-uri tcp://10.77.0.2:49251: the port listens there.
+    # 3. again with --disks-uri tcp://10.77.0.2:49213: the port listens there.
     # After each hop the guest keeps writing and verifying its disk on the new host, and no
     # port or socket is left.
     src, dst = hosts
@@ -268,16 +268,16 @@ def test_storage_options_show_in_qemu(hosts: list[LabHost], tmp_path: Path) -> N
         start(src, name, tmp_path, [disk])
 
         def first() -> None:
-            _listens(dst, 49250)()
+            _listens(dst, 49214)()
             _file_processed_grows(src, name)
 
         err = _hop(src, dst, name, tmp_path, PYVIRSH,
-                   ["--p2p", "--copy-storage-all", "--disks-port", "49250",
+                   ["--p2p", "--copy-storage-all", "--disks-port", "49214",
                     "--copy-storage-synchronous-writes"], first, synchronous=True)
         percents = [int(p) for p in PROGRESS.findall(err)]
         assert percents and percents[-1] == 100 and any(0 < p < 100 for p in percents), err
         _arrived(dst, name)
-        assert 49250 not in listening_ports(dst)
+        assert 49214 not in listening_ports(dst)
 
         def second() -> None:
             assert (LAB_ROOT / "shared" / sock[len(SHARED) + 1:]).is_socket()
@@ -290,10 +290,10 @@ def test_storage_options_show_in_qemu(hosts: list[LabHost], tmp_path: Path) -> N
         assert not (LAB_ROOT / "shared" / sock[len(SHARED) + 1:]).exists()
 
         _hop(src, dst, name, tmp_path, "virsh",
-             ["--copy-storage-all", "--disks-uri", f"tcp://{dst.address}:49251"],
-             _listens(dst, 49251))
+             ["--copy-storage-all", "--disks-uri", f"tcp://{dst.address}:49213"],
+             _listens(dst, 49213))
         _arrived(dst, name)
-        assert not {49250, 49251} & listening_ports(dst)
+        assert not {49214, 49213} & listening_ports(dst)
     finally:
         cleanup(dst, name)
         cleanup(src, name)

@@ -100,14 +100,15 @@ def test_image_refusals(existing: ImageInfo | None, free: int | None, incrementa
 
 def test_create_commands() -> None:
     assert images.create_argv(SPEC, False) == [
-        "qemu-img", "create", "-q", "-f", "qcow2", "/var/lib/images/a.qcow2", str(64 * MIB)]
+        "qemu-img", "create", "-q", "-f", "qcow2", "--", "/var/lib/images/a.qcow2",
+        str(64 * MIB)]
     inc = ImageSpec("vda", "/i/top.qcow2", "qcow2", MIB, backing="/srv/shared/base.raw",
                     backing_format="raw")
     assert images.create_argv(inc, True) == [
         "qemu-img", "create", "-q", "-f", "qcow2", "-b", "/srv/shared/base.raw", "-F", "raw",
-        "/i/top.qcow2", str(MIB)]
+        "--", "/i/top.qcow2", str(MIB)]
     raw = ImageSpec("vda", "/i/a.raw", "raw", MIB)  # no preallocation: sparse
-    assert images.create_argv(raw, False) == ["qemu-img", "create", "-q", "-f", "raw",
+    assert images.create_argv(raw, False) == ["qemu-img", "create", "-q", "-f", "raw", "--",
                                               "/i/a.raw", str(MIB)]
 
 

@@ -30,7 +30,7 @@ from pyvirt.constants import (
 )
 from pyvirt.errors import InvalidArgError, OperationFailedError, OperationInvalidError
 from pyvirt.qemu.domain_obj import DomainObj
-from pyvirt.qemu.migration import qemu_ops, storage_dst, tunnel
+from pyvirt.qemu.migration import qemu_ops, storage_dst, tunnel, uris
 from pyvirt.qemu.migration.cookie import CookieNBD, MigrationCookie
 from pyvirt.qemu.migration.cookie_io import make_cookie, read_cookie
 from pyvirt.qemu.migration.job import MigrationJob, Phase
@@ -83,11 +83,7 @@ async def _start_incoming(engine: MigrationEngine, obj: DomainObj, job: Migratio
                           cookie: MigrationCookie | None) -> tuple[str, CookieNBD | None]:
     driver = engine.driver
     listen = request.listen_address or driver.settings.migration_address or "0.0.0.0"
-    wanted_host, wanted_port = _uri_in(request.migrate_uri)
-    if wanted_port is not None:
-        port = wanted_port  # the user's port (libvirt keeps uri_in's port)
-    else:
-        port = job.port = engine.ports.allocate(listen)
+    incoming, uri_out = _incoming_address(engine, job, request, listen)
     disks: list[DiskDef] = []
     if request.storage_copy:  # the images must exist before QEMU opens them
         disks = await storage_dst.prepare_images(job, definition, request, cookie)
@@ -99,24 +95,29 @@ async def _start_incoming(engine: MigrationEngine, obj: DomainObj, job: Migratio
         assert obj.live is not None
         nbd = await storage_dst.prepare_exports(engine, monitor, obj.live, job, request,
                                                 listen, disks, cookie)
-    bind = f"[{listen}]" if ":" in listen else listen
-    await monitor.execute("migrate-incoming", {"uri": f"tcp:{bind}:{port}"})
-    host = wanted_host or driver.settings.migration_host or socket.gethostname()
-    return f"tcp://{host}:{port}", nbd
+    await monitor.execute("migrate-incoming", {"uri": incoming.qemu()})
+    return uri_out, nbd
 
 
-def _uri_in(uri: str | None) -> tuple[str | None, int | None]:
-    """Host and port of a migrate_uri (``tcp://h:p``, ``tcp://h``, ``tcp:h:p``)."""
-    if not uri:
-        return None, None
-    rest = uri.split("://", 1)[1] if "://" in uri else uri.split(":", 1)[-1]
-    rest = rest.rstrip("/")
-    host, _, port = rest.rpartition(":") if rest.count(":") == 1 else (rest, "", "")
-    if not port:
-        return rest or None, None
-    if not port.isdigit() or not 0 < int(port) < 65536:
-        raise InvalidArgError(f"invalid port in migration URI '{uri}'")
-    return host or None, int(port)
+def _incoming_address(engine: MigrationEngine, job: MigrationJob, request: MigrationRequest,
+                      listen: str) -> tuple[uris.MigrationAddress, str]:
+    """Where QEMU listens and the ``uri_out`` for the source. A client's migrate_uri (uri_in)
+    chooses the socket, or the host and port (libvirt keeps uri_in's port; pyvirt takes it
+    only inside the migration port range)."""
+    wanted = uris.parse_migration_uri(request.migrate_uri) if request.migrate_uri else None
+    if wanted is not None and wanted.scheme == "unix":
+        return wanted, wanted.libvirt()
+    if wanted is not None and wanted.port is not None:
+        engine.ports.claim(wanted.port, listen)
+        job.port = port = wanted.port
+    else:
+        job.port = port = engine.ports.allocate(listen)
+    settings = engine.driver.settings
+    host = (wanted.host if wanted is not None else None) or settings.migration_host \
+        or socket.gethostname()
+    address = uris.MigrationAddress("tcp", host=uris.check_host(host, "migration host"),
+                                    port=port)
+    return uris.MigrationAddress("tcp", host=listen, port=port), address.libvirt()
 
 
 async def _start_tunnelled(engine: MigrationEngine, obj: DomainObj, job: MigrationJob,

@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from pyvirt.conf.domain import DomainDef
+from pyvirt.conf.domain_validate import validate_domain_name
 from pyvirt.constants import (
     DomainState,
     EventSuspendedDetail,
@@ -96,7 +97,9 @@ class MigrationEngine:
     # -- bookkeeping ---------------------------------------------------------------------
 
     def claim_incoming(self, definition: DomainDef) -> DomainObj:
-        """The domain object an incoming migration fills (refusing clashes)."""
+        """The domain object an incoming migration fills (refusing clashes). The name may
+        come from ``destination_name``: checked again here, before any object exists."""
+        validate_domain_name(definition.name)
         driver = self.driver
         for existing in driver.list_all():
             if existing.name == definition.name and existing.uuid != definition.uuid:

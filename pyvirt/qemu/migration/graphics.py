@@ -9,16 +9,15 @@ from __future__ import annotations
 import urllib.parse
 
 from pyvirt.conf.domain import DomainDef
-from pyvirt.errors import ArgumentUnsupportedError, InvalidArgError
+from pyvirt.errors import InvalidArgError
+from pyvirt.qemu.migration import uris
 from pyvirt.qemu.monitor import Monitor
 
 
 async def relocate_clients(monitor: Monitor, definition: DomainDef, uri: str | None) -> None:
     if not uri:
         return
-    parts = urllib.parse.urlsplit(uri)
-    if parts.scheme not in ("spice", "vnc"):
-        raise ArgumentUnsupportedError(f"unknown graphics type {parts.scheme or uri}")
+    parts = uris.check_graphics_uri(uri)
     if parts.scheme == "vnc" or not any(g.type == "spice" for g in definition.devices.graphics):
         return  # nothing QEMU could relocate
     if not parts.hostname:
@@ -26,7 +25,7 @@ async def relocate_clients(monitor: Monitor, definition: DomainDef, uri: str | N
     args: dict[str, object] = {"protocol": "spice", "hostname": parts.hostname}
     if parts.port:
         args["port"] = parts.port
-    query = urllib.parse.parse_qs(parts.query)
+    query = urllib.parse.parse_qs(parts.query)  # checked: at most tlsPort
     if "tlsPort" in query:
         args["tls-port"] = int(query["tlsPort"][0])
     await monitor.execute("client_migrate_info", args)

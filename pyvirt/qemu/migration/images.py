@@ -24,12 +24,15 @@ import os
 from dataclasses import dataclass
 from enum import Enum
 
-from pyvirt.errors import OperationFailedError, OperationInvalidError
+from pyvirt import safefs
+from pyvirt.errors import InvalidArgError, OperationFailedError, OperationInvalidError
 
 log = logging.getLogger(__name__)
 
 QEMU_IMG = "qemu-img"
 IMG_TIMEOUT_S = 60.0
+#: image formats a storage copy pre-creates (what the argv builder supports for disks)
+IMAGE_FORMATS = frozenset({"raw", "qcow2"})
 
 
 @dataclass(frozen=True)
@@ -92,7 +95,7 @@ def create_argv(spec: ImageSpec, incremental: bool) -> list[str]:
     argv = [QEMU_IMG, "create", "-q", "-f", spec.format]
     if incremental and spec.backing:
         argv += ["-b", spec.backing, "-F", spec.backing_format or "raw"]
-    return [*argv, spec.path, str(spec.capacity)]
+    return [*argv, "--", spec.path, str(spec.capacity)]
 
 
 async def _run(argv: list[str]) -> str:
@@ -116,7 +119,7 @@ async def image_info(path: str) -> ImageInfo | None:
     """The image at ``path``, or None when there is none."""
     if not os.path.exists(path):
         return None
-    out = await _run([QEMU_IMG, "info", "-U", "--output=json", path])
+    out = await _run([QEMU_IMG, "info", "-U", "--output=json", "--", path])
     data = json.loads(out)
     return ImageInfo(str(data.get("format", "raw")), int(data.get("virtual-size", 0)),
                      data.get("backing-filename"))
@@ -131,33 +134,58 @@ def free_space(path: str) -> int | None:
     return stat.f_bfree * stat.f_frsize
 
 
-async def prepare(spec: ImageSpec, incremental: bool, existing: ImageInfo | None) -> bool:
-    """Check or create the image of ``spec`` (``existing``: its :func:`image_info`); True
-    when this call created it."""
+def check_spec(spec: ImageSpec) -> None:
+    """Paths from the definition and the source's cookie: absolute and normalized, formats
+    qemu-img knows by these names only (docs/security.md)."""
+    try:
+        safefs.check_path(spec.path, f"disk {spec.target}: image path")
+        if spec.backing is not None:
+            safefs.check_path(spec.backing, f"disk {spec.target}: backing file")
+    except safefs.UnsafePathError as exc:
+        raise InvalidArgError(str(exc)) from None
+    for fmt in (spec.format, spec.backing_format):
+        if fmt is not None and fmt not in IMAGE_FORMATS:
+            raise InvalidArgError(f"disk {spec.target}: image format '{safefs.shown(fmt)}' "
+                                  "is not supported for a storage copy")
+
+
+async def prepare(spec: ImageSpec, incremental: bool,
+                  existing: ImageInfo | None) -> safefs.CreatedFile | None:
+    """Check or create the image of ``spec`` (``existing``: its :func:`image_info`); the
+    record of the file when this call created it."""
+    check_spec(spec)
     decision = decide(spec, existing, free_space(spec.path), incremental)
     if decision is Decision.USE:
-        return False
+        return None
     if incremental and spec.backing and not os.path.exists(spec.backing):
         raise OperationFailedError(
             f"disk {spec.target}: the backing file {spec.backing} does not exist on the "
             "destination (--copy-storage-inc needs the backing chain on shared storage)")
     log.info("pre-creating %s (%s, %d bytes) for disk %s", spec.path, spec.format,
              spec.capacity, spec.target)
+    if os.path.lexists(spec.path):  # e.g. a dangling symlink: never create through it
+        raise OperationFailedError(f"disk {spec.target}: {spec.path} exists but is not an "
+                                   "image")
     try:
         await _run(create_argv(spec, incremental))
     except BaseException:
-        remove([spec.path])
+        _remove_partial(spec.path)  # it did not exist before: what is there now is ours
         raise
-    return True
+    try:
+        return safefs.CreatedFile.of(spec.path)
+    except (OSError, safefs.UnsafePathError) as exc:
+        raise OperationFailedError(f"disk {spec.target}: cannot record the created image "
+                                   f"{spec.path}: {exc}") from None
 
 
-def remove(paths: list[str] | tuple[str, ...]) -> None:
-    """Remove images this daemon pre-created (missing ones are fine)."""
-    for path in paths:
-        try:
-            os.unlink(path)
-            log.info("removed pre-created image %s", path)
-        except FileNotFoundError:
-            pass
-        except OSError as exc:
-            log.error("cannot remove pre-created image %s: %s", path, exc)
+def _remove_partial(path: str) -> None:
+    if os.path.lexists(path):
+        with contextlib.suppress(OSError, safefs.UnsafePathError):
+            remove([safefs.CreatedFile.of(path)])
+
+
+def remove(created: list[safefs.CreatedFile] | tuple[safefs.CreatedFile, ...]) -> None:
+    """Remove images this daemon pre-created, if each is still the file it created."""
+    for record in created:
+        if safefs.remove_created(record):
+            log.info("removed pre-created image %s", record.path)

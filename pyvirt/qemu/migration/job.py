@@ -24,6 +24,7 @@ from pyvirt.constants import JobOperation, JobType
 from pyvirt.errors import InternalError
 from pyvirt.qemu.migration.journal import Journal, JournalEntry
 from pyvirt.qemu.migration.storage import StorageCopy, disk_stats
+from pyvirt.safefs import CreatedFile
 
 NS_PER_MS = 1_000_000
 
@@ -76,7 +77,7 @@ class MigrationJob:
     #: destination of a storage migration: the NBD server's port (from the migration
     #: range) and the images Prepare created (removed unless the migration succeeds)
     nbd_port: int | None = None
-    created_images: list[str] = field(default_factory=list)
+    created_images: list[CreatedFile] = field(default_factory=list)
     #: destination: the disks (targets) exported over NBD
     exported: list[str] = field(default_factory=list)
 

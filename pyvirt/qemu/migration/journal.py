@@ -33,6 +33,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from pyvirt.qemu.store import atomic_write, remove_file
+from pyvirt.safefs import CreatedFile
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +50,7 @@ class JournalEntry:
     flags: int
     dconnuri: str | None = None
     #: destination of a storage migration: images Prepare created (removed if it fails)
-    images: tuple[str, ...] = ()
+    images: tuple[CreatedFile, ...] = ()
 
 
 class Journal:
@@ -73,11 +74,19 @@ class Journal:
         for path in sorted(self.directory.glob("*.json")):
             try:
                 fields = json.loads(path.read_text())
-                fields["images"] = tuple(fields.get("images", ()))
+                fields["images"] = _created_files(fields.get("images", ()), path)
                 out.append(JournalEntry(**fields))
             except (OSError, ValueError, TypeError) as exc:
                 log.error("unreadable migration journal %s: %s", path, exc)
         return out
+
+
+def _created_files(records: object, path: Path) -> tuple[CreatedFile, ...]:
+    files = [CreatedFile.from_json(r) for r in records] if isinstance(records, list) else []
+    if None in files:
+        log.error("migration journal %s: an image record without identity is ignored (it "
+                  "will not be removed)", path)
+    return tuple(f for f in files if f is not None)
 
 
 def _maybe_crash(entry: JournalEntry) -> None:

@@ -20,7 +20,7 @@ from pyvirt.client.aio import AsyncConnection
 from pyvirt.constants import DomainState, MigrateFlags, PausedReason
 from pyvirt.errors import ErrorCode, OperationFailedError, VirtError
 from pyvirt.qemu.domain_obj import DomainObj
-from pyvirt.qemu.migration import qemu_ops, src
+from pyvirt.qemu.migration import qemu_ops, src, uris
 from pyvirt.qemu.migration.cookie import CookieNBD, MigrationCookie
 from pyvirt.qemu.migration.cookie_io import make_cookie, read_cookie
 from pyvirt.qemu.migration.params import MigrationRequest
@@ -138,7 +138,10 @@ async def _perform(engine: MigrationEngine, obj: DomainObj, dconn: AsyncConnecti
             await _incoming_alive(dconn, obj.uuid)
 
     try:
-        await src.perform_native(engine, obj, job, request.migrate_uri or uri_out or "",
+        if uri_out is not None:  # the peer's answer: never trusted (uris.py)
+            uris.check_peer_uri(uri_out, request.migrate_uri)
+        # libvirt's source migrates to the URI Prepare answered (it honours uri_in)
+        await src.perform_native(engine, obj, job, uri_out or request.migrate_uri or "",
                                  request, watch=peer_alive, stream=stream, peer_nbd=peer_nbd)
     except BaseException as exc:  # finish the protocol, then report this error
         return exc

@@ -11,6 +11,8 @@ failing check is the error the caller sees (libvirt's order where libvirt has th
                       4 --direct (source only)       pyvirt's own mode
                       5 tuning parameters            qemuMigrationParamsFromFlags
                       6 value ranges                 what QEMU 10 would refuse later
+                      6b names and addresses         hostile input (docs/security.md):
+                                                     dname, URIs, listen address
                       7 flag combinations            qemuMigrationSrcBeginPhase, PerformPeer2Peer
                   ──► MigrationRequest
 
@@ -31,6 +33,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from pyvirt.client.names import MIGRATE_PARAMS, MULTI_VALUED_PARAMS
+from pyvirt.conf.domain_validate import validate_domain_name
 from pyvirt.constants import UNLIMITED_BANDWIDTH_BYTES, MigrateFlags
 from pyvirt.errors import (
     ArgumentUnsupportedError,
@@ -40,6 +43,7 @@ from pyvirt.errors import (
     OperationUnsupportedError,
     VirtError,
 )
+from pyvirt.qemu.migration import uris
 from pyvirt.qemu.migration.storage import parse_disks_uri
 from pyvirt.rpc.remote_types import TypedParam, TypedParamType, TypedValue
 
@@ -480,14 +484,29 @@ def _check_ranges(values: _Values) -> None:
         for value in values.get(field, []):
             if int(value) > high:
                 raise VirtError(wording.format(high + 1), code=ErrorCode.OVERFLOW)
-    for value in values.get("disks_uri", []):
-        parse_disks_uri(str(value))
     for value in values.get("compression.xbzrle.cache", []):
         size = int(value)
         if size < XBZRLE_MIN_CACHE or size & (size - 1):
             raise InvalidArgError(
                 f"parameter 'compression.xbzrle.cache' must be a power of two of at least "
                 f"{XBZRLE_MIN_CACHE} bytes, got {size}")
+
+
+# -- 6b: names and addresses (they reach the filesystem and QMP) -----------------------------
+#: parameter → its check; each refuses with the reason (see uris.py for the URI allow-list)
+ADDRESS_CHECKS: Mapping[str, Callable[[str], object]] = {
+    "destination_name": validate_domain_name,
+    "migrate_uri": uris.parse_migration_uri,
+    "disks_uri": parse_disks_uri,
+    "graphics_uri": uris.check_graphics_uri,
+    "listen_address": uris.check_listen_address,
+}
+
+
+def _check_addresses(values: _Values) -> None:
+    for field, check in ADDRESS_CHECKS.items():
+        for value in values.get(field, []):
+            check(str(value))
 
 
 # -- 7: flag combinations -----------------------------------------------------------------------
@@ -590,6 +609,7 @@ def parse_request(
         _check_direct(where, checked, values)
     compression = _check_tuning(where, checked, values)
     _check_ranges(values)
+    _check_addresses(values)
     multifd = tuple(m for m in compression if COMPRESSION_METHODS[m].parallel)
     _check_flag_rules(checked, values, multifd)
     return _build(where, checked, direct, values, compression)

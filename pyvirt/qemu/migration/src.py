@@ -39,7 +39,7 @@ from pyvirt.errors import (
     VirtError,
 )
 from pyvirt.qemu.domain_obj import DomainObj
-from pyvirt.qemu.migration import graphics, qemu_ops, storage_src, tunnel
+from pyvirt.qemu.migration import graphics, qemu_ops, storage_src, tunnel, uris
 from pyvirt.qemu.migration.abi import check_abi_stable
 from pyvirt.qemu.migration.cookie import CookieNBD, CookieStatistics
 from pyvirt.qemu.migration.cookie_io import make_cookie, read_cookie
@@ -173,7 +173,12 @@ async def perform_native(engine: MigrationEngine, obj: DomainObj, job: Migration
                          peer_nbd: CookieNBD | None = None) -> None:
     """QEMU's migration to ``uri``, or into ``stream`` (tunnelled); ``watch`` raises to
     abort it (e.g. the peer connection is gone). With a storage copy, the disks are
-    mirrored to the exports ``peer_nbd`` (the destination's cookie) names first."""
+    mirrored to the exports ``peer_nbd`` (the destination's cookie) names first.
+
+    ``uri`` is checked against the allow-list (uris.py) here, the last step before QMP,
+    whoever produced it: a client, or a destination's Prepare."""
+    address = None if stream is not None else uris.parse_migration_uri(uri)
+    target = address.qemu() if address is not None else None
     job.set_phase(Phase.PERFORM3)
     monitor = engine.driver.runner.monitor(obj)
     tick = engine.tick_for(obj, job)
@@ -195,13 +200,13 @@ async def perform_native(engine: MigrationEngine, obj: DomainObj, job: Migration
         await qemu_ops.apply_plan(monitor, request, Side.SOURCE, obj.migrate_max_speed_mib)
         await graphics.relocate_clients(monitor, obj.current, request.graphics_uri)
         if request.storage_copy:
-            await _copy_storage(engine, obj, job, request, uri, peer_nbd, on_tick)
+            await _copy_storage(engine, obj, job, request, address, peer_nbd, on_tick)
         if stream is not None:
-            uri = await _start_tunnel(monitor, job, stream, obj.name)
+            target = await _start_tunnel(monitor, job, stream, obj.name)
         obj.pending_pause_reason = PausedReason.MIGRATION
         if not request.live and obj.state == DomainState.RUNNING:
             await monitor.execute("stop")  # without --live the guest waits while it moves
-        await monitor.execute("migrate", {"uri": qemu_uri(uri)})
+        await monitor.execute("migrate", {"uri": target})
         # with post-copy the switch to the destination is the end of Perform (as libvirt);
         # the remaining pages follow while the destination already runs the guest
         until = POSTCOPY_DONE if request.postcopy else qemu_ops.FINAL_STATES
@@ -228,16 +233,19 @@ async def perform_native(engine: MigrationEngine, obj: DomainObj, job: Migration
 
 
 async def _copy_storage(engine: MigrationEngine, obj: DomainObj, job: MigrationJob,
-                        request: MigrationRequest, uri: str, peer_nbd: CookieNBD | None,
+                        request: MigrationRequest, address: uris.MigrationAddress | None,
+                        peer_nbd: CookieNBD | None,
                         on_tick: Callable[[], Awaitable[None]]) -> None:
     """Mirror the copied disks to the destination's exports; return once all are READY."""
     monitor = engine.driver.runner.monitor(obj)
     disks = storage_src.select_disks(obj.current, request,
                                      engine.driver.settings.shared_filesystems)
     storage_src.exported(disks, peer_nbd)
-    address = storage_src.server_address(request, peer_nbd, uri_host(uri))
+    host = address.host if address is not None else None
+    nbd_address = storage_src.server_address(request, peer_nbd, host)
     speed = storage_src.mirror_speed(request, obj.migrate_max_speed_mib)
-    await storage_src.start_mirrors(monitor, job, obj.current, request, disks, address, speed)
+    await storage_src.start_mirrors(monitor, job, obj.current, request, disks, nbd_address,
+                                    speed)
     await storage_src.wait_ready(monitor, job, on_tick)
 
 
@@ -251,28 +259,12 @@ async def _switchover(monitor: Monitor, job: MigrationJob,
     await qemu_ops.wait_final(monitor, job, on_tick=on_tick, until=until)
 
 
-def uri_host(uri: str) -> str | None:
-    """The host of a migration URI (``tcp://h:p``, ``tcp:h:p``, ``tcp:[v6]:p``)."""
-    if not uri.startswith("tcp"):
-        return None
-    rest = qemu_uri(uri)[len("tcp:"):]
-    host = rest.rpartition(":")[0] if ":" in rest else rest
-    return host.strip("[]") or None
-
-
 async def _start_tunnel(monitor: Monitor, job: MigrationJob, stream: Stream,
                         name: str) -> str:
     sock = await tunnel.give_qemu_socket(monitor)
     job.tunnel = asyncio.get_running_loop().create_task(
         tunnel.pump_qemu_to_stream(sock, stream), name=f"tunnel-out-{name}")
     return f"fd:{tunnel.FD_NAME}"
-
-
-def qemu_uri(uri: str) -> str:
-    """libvirt's ``tcp://host:port`` (or ``tcp:host:port``) in the form QEMU takes."""
-    if uri.startswith("tcp://"):
-        return "tcp:" + uri[len("tcp://"):].rstrip("/")
-    return uri
 
 
 async def restore_source(engine: MigrationEngine, obj: DomainObj, job: MigrationJob) -> None:

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pyvirt.conf.domain import DiskDef, DomainDef
 from pyvirt.errors import InvalidArgError, OperationInvalidError
 from pyvirt.qemu.argv_disk import disk_node_name
+from pyvirt.qemu.migration import uris
 
 #: prefix of the source's NBD client nodes and mirror jobs
 NODE_PREFIX = "migration-"
@@ -123,26 +124,15 @@ class NbdAddress:
 
 
 def parse_disks_uri(uri: str) -> NbdAddress:
-    """``tcp://HOST[:PORT]`` or ``unix:///PATH`` (also ``unix:/PATH``): libvirt's forms."""
-    if uri.startswith("unix:"):
-        path = uri[len("unix:"):]
-        path = path[2:] if path.startswith("//") else path
-        if not path.startswith("/"):
-            raise InvalidArgError(f"invalid disks URI '{uri}': unix:///PATH needs an absolute "
-                                  "path")
-        return NbdAddress(path=path)
-    if not uri.startswith("tcp://"):
-        raise InvalidArgError(f"Unsupported scheme in disks URI: {uri}")
-    rest = uri[len("tcp://"):].rstrip("/")
-    host, port = rest, None
-    if rest.startswith("["):
-        host, _, tail = rest[1:].partition("]")
-        port = tail[1:] or None if tail.startswith(":") else None
-    elif rest.count(":") == 1:
-        host, port = rest.split(":")
-    if port is not None and (not port.isdigit() or not 0 < int(port) < 65536):
-        raise InvalidArgError(f"invalid port in disks URI '{uri}'")
-    return NbdAddress(host=host or None, port=int(port) if port else None)
+    """``tcp://HOST[:PORT]`` or ``unix:///PATH`` (also ``unix:/PATH``): libvirt's forms,
+    checked like a migration URI (uris.py): a host name or IP literal, a port, an absolute
+    normalized socket path where no other kind of file exists."""
+    scheme = uri.partition(":")[0].lower() if ":" in uri else ""
+    if scheme not in uris.MIGRATION_SCHEMES:
+        # libvirt's wording (qemuMigrationDstStartNBDServer), VIR_ERR_INVALID_ARG
+        raise InvalidArgError(f"Unsupported scheme in disks URI: {uris.shown(uri)}")
+    address = uris.parse_migration_uri(uri, what="disks URI")
+    return NbdAddress(host=address.host, port=address.port, path=address.path)
 
 
 # -- the copy in progress (source side) -----------------------------------------------------

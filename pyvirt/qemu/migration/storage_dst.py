@@ -70,8 +70,9 @@ async def prepare_images(job: MigrationJob, definition: DomainDef, request: Migr
         if disk.type == "block" and existing is None:
             raise OperationFailedError(f"disk {disk.target_dev}: block device {spec.path} "
                                        "does not exist on the destination")
-        if await images.prepare(spec, incremental, existing):
-            job.created_images.append(spec.path)
+        created = await images.prepare(spec, incremental, existing)
+        if created is not None:
+            job.created_images.append(created)
             job.record()
         disks.append(disk)
     return disks
@@ -81,13 +82,16 @@ def nbd_address(engine: MigrationEngine, job: MigrationJob, request: MigrationRe
                 listen: str) -> NbdAddress:
     """--disks-uri, else the migration listener's address with --disks-port or a port from
     the migration range (held by the job until it ends)."""
+    port = request.disks_port
     if request.disks_uri:
         given = parse_disks_uri(request.disks_uri)
-        if given.path is not None or given.port is not None:
-            return NbdAddress(given.host or listen, given.port, given.path)
-        listen = given.host or listen
-    if request.disks_port:
-        return NbdAddress(listen, request.disks_port)
+        if given.path is not None:
+            return NbdAddress(path=given.path)
+        listen, port = given.host or listen, given.port
+    if port:  # the client's port: only inside the migration range (docs/security.md)
+        engine.ports.claim(port, listen)
+        job.nbd_port = port
+        return NbdAddress(listen, port)
     job.nbd_port = engine.ports.allocate(listen)
     return NbdAddress(listen, job.nbd_port)
 
