@@ -2,14 +2,24 @@
 
 Ports are checked by binding them (another program may hold one) and remembered in a
 driver-wide set so two guests starting at once never get the same port. Tap devices are
-created with iproute2 and attached to the bridge the XML names.
+created and attached to the bridge the XML names with the kernel's ioctls, as libvirt does
+(``virNetDevTapCreate``, ``virNetDevBridgeAddPort``).
+
+Nothing here may block the daemon's event loop, so nothing here resolves a name or runs a
+program: a listen address that is a host name is checked on the wildcard addresses (free
+there means free on every address, libvirt's ``virPortAllocator`` check), never looked up
+per port; a tap is a few ioctls instead of three ``ip`` processes.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
+import ipaddress
+import os
 import socket
-import subprocess
+import struct
 from pathlib import Path
 
 from pyvirt.errors import InternalError, OperationFailedError
@@ -49,40 +59,125 @@ class PortAllocator:
 
 
 def _port_free(listen: str, port: int) -> bool:
-    family = socket.AF_INET6 if ":" in listen else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as sock:
+    """True when ``port`` can be bound on ``listen`` (an address; a name never resolved)."""
+    address = _numeric_address(listen)
+    if address is not None:
+        return _bindable(address, port, v6only=False)
+    # a host name: whatever it resolves to, the port is free there if it is on both wildcards
+    return _bindable("0.0.0.0", port, v6only=False) and _bindable("::", port, v6only=True)
+
+
+def _numeric_address(listen: str) -> str | None:
+    bare = listen[1:-1] if listen.startswith("[") and listen.endswith("]") else listen
+    try:
+        return str(ipaddress.ip_address(bare))
+    except ValueError:
+        return None
+
+
+def _bindable(address: str, port: int, *, v6only: bool) -> bool:
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    try:
+        sock = socket.socket(family, socket.SOCK_STREAM)
+    except OSError as exc:
+        # no IPv6 on this host: nothing can hold the port there
+        return exc.errno == errno.EAFNOSUPPORT
+    with sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if v6only:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         try:
-            sock.bind((listen, port))
-        except OSError:
-            return False
+            # a numeric address: the flag makes sure the C library never asks DNS
+            info = socket.getaddrinfo(address, port, family, socket.SOCK_STREAM, 0,
+                                      socket.AI_NUMERICHOST | socket.AI_NUMERICSERV)
+            sock.bind(info[0][4])
+        except OSError as exc:
+            return v6only and exc.errno == errno.EADDRNOTAVAIL
     return True
 
 
+# -- tap devices ----------------------------------------------------------------------------
+#: <linux/if_tun.h> and <linux/sockios.h>
+_TUNSETIFF = 0x400454CA
+_TUNSETPERSIST = 0x400454CB
+_IFF_TAP = 0x0002
+_IFF_NO_PI = 0x1000
+#: TUNSETIFF fails with EBUSY instead of attaching to an existing device
+_IFF_TUN_EXCL = 0x8000
+_SIOCGIFFLAGS = 0x8913
+_SIOCSIFFLAGS = 0x8914
+_SIOCBRADDIF = 0x89A2
+_IFF_UP = 0x1
+#: IFNAMSIZ, with the terminating NUL
+_IFNAMSIZ = 16
+#: vnetN names tried before giving up
+_MAX_TAPS = 4096
+
+
 def create_tap(bridge: str, taken: set[str]) -> str:
-    """Create a tap device ``vnetN`` enslaved to ``bridge`` and return its name."""
+    """Create a persistent tap device ``vnetN`` enslaved to ``bridge``, up; return its name."""
+    _check_ifname(bridge)
     if not Path(f"/sys/class/net/{bridge}/bridge").exists():
         raise OperationFailedError(f"bridge '{bridge}' does not exist")
-    index = 0
-    while f"vnet{index}" in taken or Path(f"/sys/class/net/vnet{index}").exists():
-        index += 1
-    name = f"vnet{index}"
-    try:
-        _ip("tuntap", "add", "dev", name, "mode", "tap")
-        _ip("link", "set", "dev", name, "master", bridge)
-        _ip("link", "set", "dev", name, "up")
-    except OperationFailedError:
-        delete_tap(name)
-        raise
-    return name
+    for index in range(_MAX_TAPS):
+        name = f"vnet{index}"
+        if name in taken or Path(f"/sys/class/net/{name}").exists():
+            continue
+        try:
+            _tun_ioctl(name, _IFF_TAP | _IFF_NO_PI | _IFF_TUN_EXCL, persist=True)
+        except OSError as exc:
+            if exc.errno == errno.EBUSY:  # created meanwhile by someone else
+                continue
+            raise OperationFailedError(f"Unable to create tap device {name}: "
+                                       f"{os.strerror(exc.errno or 0)}") from None
+        try:
+            _attach_and_raise(name, bridge)
+        except OperationFailedError:
+            delete_tap(name)
+            raise
+        return name
+    raise OperationFailedError(f"no free tap device name (vnet0-vnet{_MAX_TAPS - 1})")
 
 
 def delete_tap(name: str) -> None:
-    with contextlib.suppress(OperationFailedError):
-        _ip("link", "del", "dev", name)
+    """Remove the persistent tap ``name``; any other kind of device by that name is left."""
+    with contextlib.suppress(OSError, OperationFailedError):
+        _check_ifname(name)
+        _tun_ioctl(name, _IFF_TAP | _IFF_NO_PI, persist=False)
 
 
-def _ip(*args: str) -> None:
-    proc = subprocess.run(["ip", *args], capture_output=True, text=True, timeout=30)
-    if proc.returncode != 0:
-        raise OperationFailedError(f"ip {' '.join(args)}: {proc.stderr.strip()}")
+def _check_ifname(name: str) -> None:
+    if not name or len(name.encode()) >= _IFNAMSIZ or "/" in name or not name.isprintable() \
+            or name in (".", "..") or any(c.isspace() for c in name):
+        raise OperationFailedError(f"invalid network device name '{name[:32]}'")
+
+
+def _ifreq(name: str, payload: bytes) -> bytes:
+    return struct.pack("16s", name.encode()) + payload.ljust(24, b"\0")
+
+
+def _tun_ioctl(name: str, flags: int, *, persist: bool) -> None:
+    """TUNSETIFF (create, or attach to an existing tap) then TUNSETPERSIST."""
+    fd = os.open("/dev/net/tun", os.O_RDWR | os.O_CLOEXEC)
+    try:
+        fcntl.ioctl(fd, _TUNSETIFF, _ifreq(name, struct.pack("H", flags)))
+        fcntl.ioctl(fd, _TUNSETPERSIST, int(persist))
+    finally:
+        os.close(fd)
+
+
+def _attach_and_raise(name: str, bridge: str) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        try:
+            index = socket.if_nametoindex(name)
+            fcntl.ioctl(sock, _SIOCBRADDIF, _ifreq(bridge, struct.pack("i", index)))
+        except OSError as exc:
+            raise OperationFailedError(f"Unable to add bridge {bridge} port {name}: "
+                                       f"{os.strerror(exc.errno or 0)}") from None
+        try:
+            got = fcntl.ioctl(sock, _SIOCGIFFLAGS, _ifreq(name, b""))
+            flags = struct.unpack_from("H", got, _IFNAMSIZ)[0]
+            fcntl.ioctl(sock, _SIOCSIFFLAGS, _ifreq(name, struct.pack("H", flags | _IFF_UP)))
+        except OSError as exc:
+            raise OperationFailedError(f"Cannot set interface flags on '{name}': "
+                                       f"{os.strerror(exc.errno or 0)}") from None
