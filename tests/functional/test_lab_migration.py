@@ -11,9 +11,11 @@ test_lab_migration_options.py.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -154,6 +156,39 @@ def test_refused_name_clash_on_destination(hosts: list[LabHost], tmp_path: Path)
     assert virsh(dst.uri, "domstate", "m-clash")[1] == "shut off\n\n"
     cleanup(dst, "m-clash")
     cleanup(src, "m-clash")
+
+
+def _files(root: Path) -> set[str]:
+    return {str(p.relative_to(root)) for p in root.rglob("*")}
+
+
+@pytest.mark.parametrize("mode", [[], ["--p2p"]])
+def test_hostile_dname_refused(hosts: list[LabHost], tmp_path: Path, mode: list[str]) -> None:
+    # Checks (issue 10's first attack, stock virsh): a --dname that climbs out of the run
+    # directory is refused with the name's reason; the victim directory and its canary are
+    # untouched, no victim.log appears, the destination holds no object, and its run, log
+    # and state directories are as before; the guest still runs on the source.
+    src, dst = hosts
+    victim = Path(tempfile.mkdtemp(prefix="pyvirt-victim-", dir="/tmp"))
+    (victim / "canary").write_text("still here")
+    try:
+        start_guest(src, "m-dname", tmp_path)
+        before = [_files(d) for d in (dst.run_dir, dst.log_dir, dst.state_dir)]
+        dname = "x/" + "../" * 30 + str(victim).lstrip("/")
+        rc, _, err = virsh(src.uri, "migrate", "--live", *mode, "--dname", dname, "m-dname",
+                           dst.uri)
+        assert rc == 1 and "cannot contain '/'" in err, err
+        assert (victim / "canary").read_text() == "still here"
+        assert not Path(f"{victim}.log").exists()
+        assert virsh(dst.uri, "list", "--all", "--name")[1].split() == []
+        logs = {f for f in _files(dst.log_dir) if f != "pyvirtd.log"}
+        assert [_files(dst.run_dir), logs, _files(dst.state_dir)] == \
+            [before[0], before[1] - {"pyvirtd.log"}, before[2]]
+        assert_still_on_source(src, dst, "m-dname")
+    finally:
+        cleanup(src, "m-dname")
+        shutil.rmtree(victim, ignore_errors=True)
+        Path(f"{victim}.log").unlink(missing_ok=True)
 
 
 def test_destination_qemu_killed_mid_migration(hosts: list[LabHost], tmp_path: Path) -> None:

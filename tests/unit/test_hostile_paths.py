@@ -49,7 +49,7 @@ def test_tcp_uris_accepted_and_rebuilt(uri: str, qemu: str) -> None:
     ("tcp:h,to=6000:5000", InvalidArgError, "invalid host"),
     ("tcp://h:0", InvalidArgError, "invalid port"),
     ("tcp://h:65536", InvalidArgError, "invalid port"),
-    ("tcp://h:５", InvalidArgError, "invalid port"),
+    ("tcp://h:\uff15", InvalidArgError, "invalid port"),  # a fullwidth digit
     ("tcp://user@h:1", InvalidArgError, "unexpected path, query or user"),
     ("tcp://h:1/some/path", InvalidArgError, "unexpected path"),
     ("tcp://[fd00::2:1", InvalidArgError, "invalid IPv6"),
@@ -108,7 +108,7 @@ def test_graphics_uris_refused(uri: str, words: str) -> None:
         uris.check_graphics_uri(uri)
 
 
-# -- the request: names and addresses refused before anything moves ------------------------------
+# -- the request: names and addresses refused before anything moves --------------------
 def _request(side: Side, **params: str) -> None:
     parse_request(int(MigrateFlags.LIVE),
                   [TypedParam.of_string(k, v) for k, v in params.items()], side=side)
@@ -131,7 +131,7 @@ def test_request_refuses_hostile_values(side: Side, params: dict[str, str], word
         _request(side, **params)
 
 
-# -- per-domain paths ------------------------------------------------------------------------------
+# -- per-domain paths -------------------------------------------------------------------
 @pytest.mark.parametrize(("name", "short"), [
     ("web1", "web1"),
     ("..", "_."),
@@ -176,7 +176,7 @@ def test_domain_paths_refused(os_part: str, devices: str, words: str) -> None:
         validate_domain(parse_domain_xml(BASE_XML.format(os=os_part, devices=devices)))
 
 
-# -- deletion only of what the daemon owns ----------------------------------------------------------
+# -- deletion only of what the daemon owns ------------------------------------------------
 def test_remove_in_removes_only_inside(tmp_path: Path) -> None:
     root, outside = tmp_path / "root", tmp_path / "outside"
     (root / "domain-1-a").mkdir(parents=True)
