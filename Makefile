@@ -5,7 +5,7 @@ PYTEST    := $(VENV)/bin/pytest
 SYSPY     ?= /usr/bin/python3
 STAMP     := $(VENV)/.installed
 
-.PHONY: setup test test-fast lint demo guest clean bench bench-quick
+.PHONY: setup test test-fast lint demo guest clean bench bench-quick fuzz
 
 setup: $(STAMP)
 	@bash tools/setup-host.sh
@@ -47,6 +47,12 @@ bench: setup $(BENCH_STAMP)
 
 bench-quick: setup $(BENCH_STAMP)
 	$(PY) -m bench.migrate --quick
+
+# Structured wire fuzzer against an isolated pyvirtd (tests/fuzz); FUZZ_SEED replays a run.
+FUZZ_SECONDS ?= 600
+
+fuzz: setup
+	$(PY) -m tests.fuzz --seconds $(FUZZ_SECONDS) $(if $(FUZZ_SEED),--seed $(FUZZ_SEED))
 
 clean:
 	rm -rf $(VENV) build *.egg-info
