@@ -18,7 +18,7 @@ def node_info() -> dict[str, Any]:
     """virNodeGetInfo: CPU model, memory (KiB), CPUs, MHz, NUMA nodes, topology."""
     cpus = os.cpu_count() or 1
     return {
-        "model": platform.machine().encode()[:31],
+        "model": platform.machine().encode()[:31].ljust(32, b"\0"),
         "memory": _mem_total_kib(),
         "cpus": cpus,
         "mhz": _cpu_mhz(),

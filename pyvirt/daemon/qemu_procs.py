@@ -25,7 +25,7 @@ async def monitor_command(call: Call, args: Any) -> Any:
     try:
         request = json.loads(args["cmd"])
         command = str(request["execute"])
-    except (ValueError, KeyError, TypeError) as exc:
+    except (ValueError, KeyError, TypeError, RecursionError) as exc:
         raise InvalidArgError(f"the monitor command must be a QMP JSON object: {exc}") from exc
     log.warning("[dom=%s] raw QMP from a client: %s", obj.name, command)
     try:
