@@ -75,7 +75,7 @@ def setup_logging(cfg: DaemonConfig, verbose: bool) -> None:
 def _handler_for(output: LogOutput) -> logging.Handler:
     if output.kind == "file" and output.target:
         os.makedirs(os.path.dirname(output.target), exist_ok=True)
-        return logging.FileHandler(output.target)
+        return logging.FileHandler(output.target, errors="backslashreplace")
     if output.kind == "syslog":
         handler = logging.handlers.SysLogHandler(address="/dev/log")
         handler.ident = f"{output.target or 'pyvirtd'}: "
