@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -73,7 +74,11 @@ async def drivers(short_tmp: Path) -> AsyncIterator[DriverFactory]:
 
 
 def _assert_no_leftover_qemu(root: Path) -> None:
-    """No process may still have the test's state root on its command line."""
+    """No process may still have the test's state root on its command line (a QEMU's log
+    writer gets a moment: it exits on its own once it has written what QEMU left)."""
+    deadline = time.monotonic() + 2.0
+    while _processes_mentioning(root) and time.monotonic() < deadline:
+        time.sleep(0.02)
     leftovers = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -87,6 +92,18 @@ def _assert_no_leftover_qemu(root: Path) -> None:
             leftovers.append(int(entry.name))
             os.kill(int(entry.name), 9)
     assert not leftovers, f"QEMU processes left behind: {leftovers}"
+
+
+def _processes_mentioning(root: Path) -> bool:
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and str(root).encode() in (entry / "cmdline").read_bytes():
+                state = (entry / "stat").read_text().rsplit(")", 1)[-1].split()[0]
+                if state != "Z":
+                    return True
+        except OSError:
+            continue
+    return False
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:

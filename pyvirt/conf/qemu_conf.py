@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,6 +37,11 @@ from pyvirt.conf.daemon_conf import DaemonConfig
 
 #: libvirt's QEMU_REMOTE_PORT_MIN: VNC display numbers are ports minus 5900.
 REMOTE_DISPLAY_PORT_MIN = 5900
+#: virtlogd.conf's max_size default; below MIN_LOG_SIZE every line would be a rotation
+MAX_LOG_SIZE_DEFAULT = 2 * 1024 * 1024
+MIN_LOG_SIZE = 4096
+#: each rotation renames every backup: keep that a small loop
+MAX_LOG_BACKUPS = 1000
 
 
 # ------------------------------------------------------------------------ validators
@@ -66,11 +71,18 @@ def _check_shared_filesystems(name: str, value: tuple[str, ...]) -> tuple[str, .
 
 
 def _check_stdio_handler(name: str, value: str) -> str:
-    if value == "file":
+    if value in ("logd", "file"):
         return value
-    if value == "logd":
-        raise ValueError(f'{name} = "logd" is not supported yet (only "file")')
     raise ValueError(f"{name}: Unknown stdio handler {value}")
+
+
+def _in_range(low: int, high: int, unit: str = "") -> Callable[[str, int], int]:
+    def check(name: str, value: int) -> int:
+        if not low <= value <= high:
+            raise ValueError(f"{name} must be between {low} and {high}{unit}")
+        return value
+
+    return check
 
 
 def _port_range(low: str, high: str) -> CrossCheck:
@@ -114,13 +126,18 @@ _IMPLEMENTED_KEYS = [
     Key("migration_port_min", _U, 49152, check=check_port),
     Key("migration_port_max", _U, 49215, check=check_port),
     Key("log_timestamp", _B, 1),
-    Key("stdio_handler", _S, "file", check=_check_stdio_handler),
+    Key("stdio_handler", _S, "logd", check=_check_stdio_handler),
+    # virtlogd.conf's names and defaults: pyvirt's log writer is its virtlogd
+    Key("max_size", _U, MAX_LOG_SIZE_DEFAULT, check=_in_range(MIN_LOG_SIZE, 2**32 - 1)),
+    Key("max_backups", _U, 3, check=_in_range(0, MAX_LOG_BACKUPS)),
     Key("shared_filesystems", _L, (), check=_check_shared_filesystems),
     # pyvirt's own keys
     Key("emulator", _S, "/usr/bin/qemu-system-x86_64", check=check_absolute_path),
     Key("state_dir", _S, None, check=check_absolute_path),
     Key("run_dir", _S, None, check=check_absolute_path),
     Key("log_dir", _S, None, check=check_absolute_path),
+    Key("dns_lookup_timeout", _U, 5, check=_in_range(1, 300, " seconds")),
+    Key("dns_lookup_threads", _U, 4, check=_in_range(1, 64)),
 ]
 
 #: libvirt keys pyvirt does not implement; the default is what pyvirt does.
@@ -242,7 +259,11 @@ class QemuConfig:
     migration_port_min: int = 49152
     migration_port_max: int = 49215
     log_timestamp: bool = True
-    stdio_handler: str = "file"
+    #: "logd": QEMU's and the serial logs go through a log writer that caps each file at
+    #: max_size bytes with max_backups rotated copies; "file": QEMU writes them, uncapped
+    stdio_handler: str = "logd"
+    max_size: int = MAX_LOG_SIZE_DEFAULT
+    max_backups: int = 3
     #: normalised absolute paths assumed shared with every migration peer
     shared_filesystems: tuple[str, ...] = ()
     emulator: str = "/usr/bin/qemu-system-x86_64"
@@ -250,6 +271,10 @@ class QemuConfig:
     state_dir: str | None = None
     run_dir: str | None = None
     log_dir: str | None = None
+    #: seconds a host name lookup (virsh hostname) may take before the short name is used,
+    #: and the threads that do lookups off the event loop
+    dns_lookup_timeout: int = 5
+    dns_lookup_threads: int = 4
 
     def with_daemon_dirs(self, daemon: DaemonConfig) -> QemuConfig:
         """Fill unset directories from pyvirtd.conf's (``<dir>/qemu``)."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import socket
 from typing import Any
 
 from pyvirt.daemon import hostinfo
@@ -91,7 +90,8 @@ async def get_lib_version(call: Call, args: Any) -> Any:
 
 async def get_hostname(call: Call, args: Any) -> Any:
     call.require_open()
-    return {"hostname": host_name()}
+    # libvirt's virGetHostname, looked up off the event loop (DNS may take seconds)
+    return {"hostname": await call.driver.host_names.host_name()}
 
 
 async def get_uri(call: Call, args: Any) -> Any:
@@ -156,15 +156,6 @@ async def legacy_event_deregister(call: Call, args: Any) -> Any:
     call.require_open()
     _events(call).deregister_legacy(args["event_id"])
     return None
-
-
-def host_name() -> str:
-    """libvirt's virGetHostname: the host name, made fully qualified when DNS knows it."""
-    name = socket.gethostname()
-    if "." in name:
-        return name
-    fqdn = socket.getfqdn(name)
-    return name if fqdn.startswith("localhost") else fqdn
 
 
 def _events(call: Call) -> ClientEvents:

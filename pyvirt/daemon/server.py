@@ -85,6 +85,10 @@ def driver_settings(daemon_cfg: DaemonConfig, qemu_cfg: QemuConfig,
         shared_filesystems=tuple(qemu_cfg.shared_filesystems),
         p2p_keepalive_interval=qemu_cfg.keepalive_interval,
         p2p_keepalive_count=qemu_cfg.keepalive_count,
+        stdio_handler=qemu_cfg.stdio_handler, log_max_size=qemu_cfg.max_size,
+        log_max_backups=qemu_cfg.max_backups,
+        dns_lookup_timeout_s=float(qemu_cfg.dns_lookup_timeout),
+        dns_lookup_threads=qemu_cfg.dns_lookup_threads,
     )
 
 

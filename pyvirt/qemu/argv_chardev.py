@@ -3,7 +3,12 @@
 Each element becomes a ``-chardev`` backend (``char<alias>``) plus a frontend ``-device``
 (``<alias>``). Every serial port also logs to a file (the driver serves ``virsh console``
 history and the test workload's heartbeat from it): the XML's ``<log file>`` or
-``LaunchPaths.serial_log_prefix + "<i>.log"``.
+``LaunchPaths.serial_log_prefix + "<i>.log"``. When the driver hands in a pipe for a log
+(``LaunchPaths.log_fds``: its log writer caps and rotates the file), QEMU gets the pipe as
+an fdset, as libvirt passes virtlogd's: ``-add-fd set=N,fd=N,opaque=<alias>-log`` and
+``logfile=/dev/fdset/N,logappend=on`` (QEMU would ftruncate a pipe opened without append,
+which fails; the writer empties the file instead when the XML asks). :func:`chardev_logs`
+lists every log the argv names, for the driver to make those pipes.
 
 A ``<console>`` with target type ``serial`` is libvirt's second view of serial port N, so
 it emits nothing when that serial exists.
@@ -11,9 +16,10 @@ it emits nothing when that serial exists.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
-from pyvirt.conf.domain import CharDevDef, PCIAddress, VirtioSerialAddress
+from pyvirt.conf.domain import CharDevDef, DomainDef, PCIAddress, VirtioSerialAddress
 from pyvirt.errors import ConfigUnsupportedError, InternalError
 from pyvirt.qemu.argv_common import Ctx, Props, device, keyval
 
@@ -64,21 +70,66 @@ BACKENDS: dict[str, Callable[[CharDevDef, str], tuple[str, Props]]] = {
 }
 
 
-def chardev(c: CharDevDef, alias: str, default_log: str | None) -> list[str]:
-    """``-chardev`` for ``c``; logs to its ``<log>`` or ``default_log`` when given."""
+@dataclass(frozen=True)
+class ChardevLog:
+    """A log file a character device writes; ``append`` False: emptied when QEMU starts
+    (QEMU's default when the XML's ``<log>`` has no ``append='on'``)."""
+
+    path: str
+    append: bool = True
+
+
+def chardev_log(c: CharDevDef, default_log: str | None) -> ChardevLog | None:
+    """Where ``c`` logs: its ``<log>``, else ``default_log`` (our own, always appended:
+    it survives restarts of the same domain)."""
+    if c.log_file is not None:
+        return ChardevLog(c.log_file, _on_off(c.log_append, "log append") is True)
+    if default_log is not None:
+        return ChardevLog(default_log, True)
+    return None
+
+
+def chardev(c: CharDevDef, alias: str, default_log: str | None,
+            log_fds: Mapping[str, int]) -> list[str]:
+    """``-chardev`` for ``c``; logs to its ``<log>`` or ``default_log`` when given (through
+    the pipe in ``log_fds`` when there is one)."""
     backend = BACKENDS.get(c.type)
     if backend is None:
         raise ConfigUnsupportedError(f"{alias}: character device type '{c.type}'")
     kind, props = backend(c, alias)
-    if c.log_file is not None:
-        log: Props = [("logfile", c.log_file),
-                      ("logappend", _on_off(c.log_append, f"{alias} log append"))]
+    target = chardev_log(c, default_log)
+    fd = log_fds.get(target.path) if target is not None else None
+    add_fd: list[str] = []
+    if fd is not None:
+        add_fd = ["-add-fd", keyval(f"set={fd}", [("fd", fd), ("opaque", f"{alias}-log")])]
+        log: Props = [("logfile", f"/dev/fdset/{fd}"), ("logappend", True)]
+    elif c.log_file is not None:
+        log = [("logfile", c.log_file),
+               ("logappend", _on_off(c.log_append, f"{alias} log append"))]
     elif default_log is not None:
-        # our own log survives restarts of the same domain: append, never truncate
         log = [("logfile", default_log), ("logappend", True)]
     else:
         log = []
-    return ["-chardev", keyval(kind, [("id", f"char{alias}"), *props, *log])]
+    return [*add_fd, "-chardev", keyval(kind, [("id", f"char{alias}"), *props, *log])]
+
+
+def chardev_logs(dom: DomainDef, serial_log_prefix: str) -> list[ChardevLog]:
+    """Every log file the chardevs of ``dom``'s argv write, each once, in argv order."""
+    serials = dom.devices.serials
+    devices: list[tuple[CharDevDef, str | None]] = [
+        (c, f"{serial_log_prefix}{i}.log") for i, c in enumerate(serials)]
+    for c in dom.devices.consoles:
+        if (c.target_type or "serial") != "serial":
+            devices.append((c, None))
+        elif not serials:  # the console *is* serial 0 (see _console_serial)
+            devices.append((c, f"{serial_log_prefix}0.log"))
+    devices += [(c, None) for c in dom.devices.channels]
+    logs: dict[str, ChardevLog] = {}
+    for c, default in devices:
+        log = chardev_log(c, default)
+        if log is not None:
+            logs.setdefault(log.path, log)
+    return list(logs.values())
 
 
 def _virtio_serial_props(ctx: Ctx, c: CharDevDef, alias: str) -> Props:
@@ -127,7 +178,7 @@ def _serial(ctx: Ctx, c: CharDevDef, index: int) -> list[str]:
     port = index if c.target_port is None else c.target_port
     log = f"{ctx.paths.serial_log_prefix}{index}.log"
     props = [("chardev", f"char{alias}"), ("id", alias), *placement(ctx, c, alias, port)]
-    return chardev(c, alias, log) + device(model, props)
+    return chardev(c, alias, log, ctx.paths.log_fds) + device(model, props)
 
 
 def build_serials(ctx: Ctx) -> list[str]:
@@ -155,7 +206,7 @@ def _console_serial(ctx: Ctx, c: CharDevDef, index: int) -> list[str]:
 def _console_virtio(ctx: Ctx, c: CharDevDef, index: int) -> list[str]:
     alias = c.alias or f"console{index}"
     props = [*_virtio_serial_props(ctx, c, alias), ("chardev", f"char{alias}"), ("id", alias)]
-    return chardev(c, alias, None) + device("virtconsole", props)
+    return chardev(c, alias, None, ctx.paths.log_fds) + device("virtconsole", props)
 
 
 #: console target type → builder (x86 consoles default to the serial port)
@@ -187,5 +238,5 @@ def build_channels(ctx: Ctx) -> list[str]:
             raise ConfigUnsupportedError(f"{alias}: channel target type '{c.target_type}'")
         props = [*_virtio_serial_props(ctx, c, alias), ("chardev", f"char{alias}"),
                  ("id", alias), ("name", c.target_name)]
-        argv += chardev(c, alias, None) + device("virtserialport", props)
+        argv += chardev(c, alias, None, ctx.paths.log_fds) + device("virtserialport", props)
     return argv

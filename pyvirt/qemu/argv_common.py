@@ -23,6 +23,9 @@ class LaunchPaths:
     pidfile: str
     #: serial ``i`` logs to ``f"{serial_log_prefix}{i}.log"`` unless the XML has ``<log>``
     serial_log_prefix: str
+    #: chardev log file → the fd (same number in QEMU) of the log writer's pipe for it;
+    #: a log not listed is a file QEMU opens itself (``stdio_handler = "file"``)
+    log_fds: Mapping[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ from pyvirt.constants import (
     XMLFlags,
 )
 from pyvirt.errors import NoDomainError, OperationFailedError, OperationInvalidError
+from pyvirt.hostnames import NameResolver
 from pyvirt.qemu import domain_ops
 from pyvirt.qemu.capabilities import QemuCaps, probe
 from pyvirt.qemu.domain_obj import DomainObj
@@ -51,6 +52,8 @@ class QemuDriver:
         self.autostart_store = NamedFileStore(settings.autostart_dir, "")
         self._domains: dict[str, DomainObj] = {}
         self.migration = MigrationEngine(self)
+        #: host name lookups, off the event loop
+        self.host_names = NameResolver(settings.dns_lookup_threads, settings.dns_lookup_timeout_s)
 
     # -- start-up and shut-down --------------------------------------------------------
 

@@ -29,9 +29,11 @@ from pyvirt.errors import InternalError, OperationFailedError, VirtError
 from pyvirt.qemu import process as qproc
 from pyvirt.qemu import runtime_setup
 from pyvirt.qemu.argv import LaunchOptions, LaunchPaths, build_argv
+from pyvirt.qemu.argv_chardev import chardev_logs
 from pyvirt.qemu.capabilities import QemuCaps
 from pyvirt.qemu.domain_obj import DomainObj, RuntimeResources
 from pyvirt.qemu.events import DomainEvent, EventBus
+from pyvirt.qemu.logpipes import LogPipes, LogRotation
 from pyvirt.qemu.monitor import Monitor
 from pyvirt.qemu.qmp_events import QmpEventHandler
 from pyvirt.qemu.resources import PortAllocator
@@ -40,6 +42,9 @@ from pyvirt.qemu.status import DomainStatus, format_status, parse_status
 from pyvirt.qemu.store import NamedFileStore
 
 log = logging.getLogger(__name__)
+
+#: seconds a stopped QEMU's log writer gets to write what is left in its pipes
+LOG_FLUSH_S = 2.0
 
 
 class DomainRunner:
@@ -100,18 +105,35 @@ class DomainRunner:
                            "spice": self.settings.spice_listen}
         runtime_setup.prepare_resources(obj, live, run_dir, self.display_ports,
                                         listen_defaults)
-        paths = LaunchPaths(
-            monitor_socket=str(run_dir / "monitor.sock"),
-            pidfile=str(run_dir / "qemu.pid"),
-            serial_log_prefix=str(self.settings.qemu_log_dir / f"{live.name}-serial"),
-        )
-        argv = build_argv(live, paths, LaunchOptions(incoming=incoming))
+        serial_log_prefix = str(self.settings.qemu_log_dir / f"{live.name}-serial")
         log_path = self.log_path(live.name)
         assert live.uuid is not None
-        obj.process = qproc.spawn(argv, log_path, qproc.qemu_env(self.settings.extra_env),
+        output = self._log_output(live, serial_log_prefix, log_path, live.uuid)
+        try:
+            paths = LaunchPaths(
+                monitor_socket=str(run_dir / "monitor.sock"),
+                pidfile=str(run_dir / "qemu.pid"),
+                serial_log_prefix=serial_log_prefix,
+                log_fds=output.chardev_fds if isinstance(output, LogPipes) else {},
+            )
+            argv = build_argv(live, paths, LaunchOptions(incoming=incoming))
+        except BaseException:
+            if isinstance(output, LogPipes):
+                output.close_qemu_ends()  # the writer sees end of file and exits
+            raise
+        obj.process = qproc.spawn(argv, output, qproc.qemu_env(self.settings.extra_env),
                                   live.uuid)
         await self._connect_monitor(obj, paths.monitor_socket, log_path)
         await runtime_setup.after_launch(obj, live, self.monitor(obj))
+
+    def _log_output(self, live: DomainDef, serial_log_prefix: str, log_path: Path,
+                    uuid: str) -> Path | LogPipes:
+        """QEMU's log file ("file"), or pipes to a log writer that caps them ("logd")."""
+        if self.settings.stdio_handler == "file":
+            return log_path
+        log_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        rotation = LogRotation(self.settings.log_max_size, self.settings.log_max_backups)
+        return LogPipes.start(log_path, chardev_logs(live, serial_log_prefix), rotation, uuid)
 
     async def _connect_monitor(self, obj: DomainObj, path: str, log_path: Path) -> None:
         process = obj.process
@@ -120,6 +142,8 @@ class DomainRunner:
         try:
             await obj.monitor.connect(path, self.settings.monitor_timeout_s, process.alive)
         except VirtError as exc:
+            if not process.alive():  # all QEMU said is in the log once its writer is done
+                await process.wait_logs_written(LOG_FLUSH_S)
             tail = qproc.log_tail(log_path)
             if not tail or process.alive():
                 raise
@@ -185,9 +209,15 @@ class DomainRunner:
             await obj.monitor.close()
             obj.monitor = None
         if obj.process is not None:
-            await obj.process.terminate(self.settings.kill_grace_s)
-            if obj.process.child is not None:
-                obj.process.child.wait(timeout=5)
+            if await obj.process.terminate(self.settings.kill_grace_s):
+                # the writer has QEMU's last words in its pipes: let it write them and go
+                if not await obj.process.wait_logs_written(LOG_FLUSH_S):
+                    log.warning("[dom=%s] log writer still running after QEMU exited",
+                                obj.name)
+            else:
+                log.warning("[dom=%s] QEMU pid %d did not exit on SIGKILL", obj.name,
+                            obj.process.pid)
+            obj.process.reap()  # what has exited; never a blocking wait on the loop
             obj.process = None
         runtime_setup.release_resources(obj, self.display_ports)
         self.status_store.remove(obj.name)

@@ -1,9 +1,12 @@
 """Launching and stopping QEMU processes.
 
-QEMU runs in its own session with stdout/stderr appended to the domain's log file (a file,
-not a pipe, so QEMU keeps logging after the daemon exits), which lets pyvirtd stop and
-restart without disturbing guests. A process is identified by pid *and* by its command line
-carrying the domain's UUID, so a recycled pid is never mistaken for the guest.
+QEMU runs in its own session with stdout/stderr going to the domain's log: pipes to its log
+writer (``stdio_handler = "logd"``, see :mod:`pyvirt.qemu.logpipes`) or the file itself
+(``"file"``). Neither depends on the daemon, so pyvirtd can stop and restart without
+disturbing guests. A process is identified by pid *and* by its command line carrying the
+domain's UUID, so a recycled pid is never mistaken for the guest.
+
+Nothing here blocks the event loop: exits are awaited through pidfds, never ``wait()``ed.
 """
 
 from __future__ import annotations
@@ -15,10 +18,12 @@ import shlex
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from pyvirt.errors import OperationFailedError
+from pyvirt.qemu.logpipes import LogPipes
 
 #: how often liveness is polled while waiting for an exit
 _POLL_S = 0.02
@@ -30,6 +35,8 @@ class QemuProcess:
     uuid: str
     #: set when this daemon spawned QEMU (so it must reap it); None after a reattach
     child: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+    #: the log writer this daemon started with QEMU (None: "file" handler, or a reattach)
+    log_writer: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     def alive(self) -> bool:
         if self.child is not None:
@@ -43,36 +50,24 @@ class QemuProcess:
         The exit wakes us through a pidfd at once: a migration's Confirm stops the source
         QEMU while the client waits (polling cost up to a whole poll period).
         """
-        if not self.alive():
+        return await wait_pid_exit(self.pid, self.alive, timeout)
+
+    async def wait_logs_written(self, timeout: float) -> bool:
+        """After QEMU exited: wait until its log writer wrote everything and exited (and
+        reap it). True when there is no writer of ours left."""
+        writer = self.log_writer
+        if writer is None:
             return True
-        try:
-            pidfd = os.pidfd_open(self.pid)
-        except OSError:  # gone meanwhile, or a kernel without pidfds
-            return await self._poll_exit(timeout)
-        loop = asyncio.get_running_loop()
-        exited: asyncio.Future[None] = loop.create_future()
+        if await wait_pid_exit(writer.pid, lambda: writer.poll() is None, timeout):
+            self.log_writer = None
+            return True
+        return False
 
-        def on_exit() -> None:
-            if not exited.done():
-                exited.set_result(None)
-
-        loop.add_reader(pidfd, on_exit)
-        try:
-            if self.alive():
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(exited, timeout)
-        finally:
-            loop.remove_reader(pidfd)
-            os.close(pidfd)
-        return not self.alive()
-
-    async def _poll_exit(self, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        while self.alive():
-            if time.monotonic() > deadline:
-                return False
-            await asyncio.sleep(_POLL_S)
-        return True
+    def reap(self) -> None:
+        """Collect exit statuses that are ready; never waits."""
+        for child in (self.child, self.log_writer):
+            if child is not None:
+                child.poll()
 
     async def terminate(self, grace_s: float, graceful_only: bool = False) -> bool:
         """SIGTERM, wait ``grace_s``, then SIGKILL (unless ``graceful_only``).
@@ -92,6 +87,41 @@ class QemuProcess:
     def _signal(self, sig: signal.Signals) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.kill(self.pid, sig)
+
+
+async def wait_pid_exit(pid: int, alive: Callable[[], bool], timeout: float) -> bool:
+    """Wait until ``alive()`` turns False, woken by a pidfd of ``pid``; False on timeout."""
+    if not alive():
+        return True
+    try:
+        pidfd = os.pidfd_open(pid)
+    except OSError:  # gone meanwhile, or a kernel without pidfds
+        return await _poll_exit(alive, timeout)
+    loop = asyncio.get_running_loop()
+    exited: asyncio.Future[None] = loop.create_future()
+
+    def on_exit() -> None:
+        if not exited.done():
+            exited.set_result(None)
+
+    loop.add_reader(pidfd, on_exit)
+    try:
+        if alive():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(exited, timeout)
+    finally:
+        loop.remove_reader(pidfd)
+        os.close(pidfd)
+    return not alive()
+
+
+async def _poll_exit(alive: Callable[[], bool], timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while alive():
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(_POLL_S)
+    return True
 
 
 def _reap(pid: int) -> None:
@@ -114,21 +144,36 @@ def process_matches(pid: int, uuid: str) -> bool:
     return uuid.encode() in cmdline.split(b"\0")
 
 
-def spawn(argv: list[str], log_path: Path, env: dict[str, str], uuid: str) -> QemuProcess:
-    """Start QEMU detached from our session, output appended to ``log_path``."""
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "ab") as log:
-        header = time.strftime("%Y-%m-%d %H:%M:%S%z") + ": starting up\n"
-        log.write(header.encode() + _render_cmdline(argv, env).encode() + b"\n")
-        log.flush()
+def spawn(argv: list[str], output: Path | LogPipes, env: dict[str, str],
+          uuid: str) -> QemuProcess:
+    """Start QEMU detached from our session; its output goes to ``output``: the log file
+    itself (appended), or the pipes of a log writer (whose write ends this closes)."""
+    header = (time.strftime("%Y-%m-%d %H:%M:%S%z") + ": starting up\n"
+              + _render_cmdline(argv, env) + "\n").encode()
+    if isinstance(output, LogPipes):
         try:
-            child = subprocess.Popen(
-                argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env,
-                cwd="/", close_fds=True, start_new_session=True,
-            )
-        except OSError as exc:
-            raise OperationFailedError(f"cannot execute '{argv[0]}': {exc.strerror}") from exc
+            output.write_header(header)
+            child = _popen(argv, output.stdio_fd, output.qemu_fds(), env)
+        finally:
+            output.close_qemu_ends()
+        return QemuProcess(pid=child.pid, uuid=uuid, child=child, log_writer=output.writer)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with open(output, "ab") as log:
+        log.write(header)
+        log.flush()
+        child = _popen(argv, log.fileno(), [], env)
     return QemuProcess(pid=child.pid, uuid=uuid, child=child)
+
+
+def _popen(argv: list[str], output: int, pass_fds: list[int],
+           env: dict[str, str]) -> subprocess.Popen[bytes]:
+    try:
+        return subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=output, stderr=output, env=env,
+            cwd="/", close_fds=True, pass_fds=pass_fds, start_new_session=True,
+        )
+    except OSError as exc:
+        raise OperationFailedError(f"cannot execute '{argv[0]}': {exc.strerror}") from exc
 
 
 def _render_cmdline(argv: list[str], env: dict[str, str]) -> str:
