@@ -154,9 +154,11 @@ def fake_emulator(root: Path, faults: dict[str, Any] | None = None) -> str:
 
 
 def start_daemon(root: Path, *, emulator: str = REAL_QEMU, conf: dict[str, Any] | None = None,
-                 qemu_conf: dict[str, Any] | None = None, listen: bool = False) -> DaemonHandle:
+                 qemu_conf: dict[str, Any] | None = None, listen: bool = False,
+                 wrapper: tuple[str, ...] = ()) -> DaemonHandle:
+    """``wrapper``: a command that execs the daemon's argv (appended), e.g. ``unshare``."""
     config = write_configs(root, conf or {}, {"emulator": emulator, **(qemu_conf or {})})
-    argv = [sys.executable, "-m", "pyvirt.daemon", "--config", str(config)]
+    argv = [*wrapper, sys.executable, "-m", "pyvirt.daemon", "--config", str(config)]
     if listen:
         argv.append("--listen")
     out = open(root / "out.log", "wb")  # noqa: SIM115 - the daemon owns it while it runs

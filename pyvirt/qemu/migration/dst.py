@@ -54,7 +54,7 @@ async def prepare(engine: MigrationEngine, client_id: int | None, request: Migra
     if not request.destination_xml:
         raise InvalidArgError("no domain XML passed")
     definition = driver.parse(request.destination_xml)
-    cookie = read_cookie(driver, cookie_in, name=definition.name, uuid=definition.uuid)
+    cookie = await read_cookie(driver, cookie_in, name=definition.name, uuid=definition.uuid)
     if request.destination_name:
         definition.name = request.destination_name
     obj = engine.claim_incoming(definition)
@@ -140,7 +140,7 @@ async def _start_tunnelled(engine: MigrationEngine, obj: DomainObj, job: Migrati
 async def finish(engine: MigrationEngine, request: MigrationRequest, cookie_in: bytes,
                  cancelled: bool) -> tuple[DomainObj | None, bytes]:
     driver = engine.driver
-    cookie = read_cookie(driver, cookie_in)
+    cookie = await read_cookie(driver, cookie_in)
     name = request.destination_name or (cookie.name if cookie else None)
     if not name:
         raise InvalidArgError("missing destination name")

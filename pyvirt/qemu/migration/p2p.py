@@ -87,7 +87,7 @@ async def _run_phases(engine: MigrationEngine, obj: DomainObj, dconn: AsyncConne
             _, stream = await dconn.migrate_prepare_tunnel3_params(dparams, cookie, dflags)
         else:
             prepared, uri_out = await dconn.migrate_prepare3_params(dparams, cookie, dflags)
-            peer = read_cookie(engine.driver, prepared) if request.storage_copy else None
+            peer = await read_cookie(engine.driver, prepared) if request.storage_copy else None
     except BaseException:
         await src.confirm(engine, obj, request, cancelled=True)
         raise

@@ -132,7 +132,7 @@ async def perform(engine: MigrationEngine, obj: DomainObj, request: MigrationReq
         engine.end_job(obj)
         raise VirtError("invalid argument: migrate_uri is required", code=8)
     try:
-        peer = read_cookie(engine.driver, cookie_in) if request.storage_copy else None
+        peer = await read_cookie(engine.driver, cookie_in) if request.storage_copy else None
         await perform_native(engine, obj, job, request.migrate_uri, request,
                              peer_nbd=peer.nbd if peer is not None else None)
     except BaseException:
