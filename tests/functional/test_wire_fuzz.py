@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 from pathlib import Path
 
 import pytest
@@ -23,6 +24,7 @@ from pyvirt.rpc.remote_protocol import REMOTE
 from pyvirt.rpc.xdr import XDRError
 from tests.fuzz.frames import FrameGen
 from tests.fuzz.gen import ArgGen, DomainRef, World
+from tests.fuzz.harness import LogWatch, canary_changes, populate_canary, snapshot
 from tests.fuzz.hostile import HostileCorpus
 from tests.fuzz.runner import FuzzConfig, run_fuzz
 from tests.fuzz.scenarios import callable_procs
@@ -70,5 +72,64 @@ def test_wire_fuzz_short_run() -> None:
     seed = int(seed_text) if seed_text else random.SystemRandom().randrange(1 << 32)
     report = run_fuzz(FuzzConfig(seconds=SHORT_RUN_S, seed=seed,
                                  min_frames=SHORT_RUN_MIN_FRAMES, warmup=8.0))
-    print(report.text())
-    assert report.ok, report.text()
+    print(report.text())  # shown by pytest when the test fails
+    assert report.ok, "\n".join(report.summary())
+
+
+# -- the oracles themselves (no daemon): each must see what it is there to see -----------------
+def _canary_root(tmp_path: Path) -> Path:
+    for name in ("d", "fuzzer"):
+        (tmp_path / name).mkdir()
+    populate_canary(tmp_path / "canary")
+    return tmp_path
+
+
+@pytest.mark.parametrize("attack", ["touch", "write", "create-remove", "remove", "new-at-root",
+                                    "chmod", "follow-link"])
+def test_canary_snapshot_sees_every_change(tmp_path: Path, attack: str) -> None:
+    root = _canary_root(tmp_path)
+    before = snapshot(root)
+    canary = root / "canary"
+    if attack == "touch":
+        os.utime(canary / "x")
+    elif attack == "write":
+        (canary / "victim" / "keep").write_bytes(b"changed")
+    elif attack == "create-remove":
+        (canary / "victim" / "tmp").write_bytes(b"")
+        (canary / "victim" / "tmp").unlink()
+    elif attack == "remove":
+        shutil.rmtree(canary / "victim")
+    elif attack == "new-at-root":
+        (root / "victim.log").write_bytes(b"")
+    elif attack == "chmod":
+        (canary / "passwd").chmod(0o600)
+    else:
+        with open(canary / "link", "ab") as handle:  # writing through the symlink
+            handle.write(b"x")
+    assert canary_changes(before, snapshot(root))
+
+
+def test_canary_snapshot_ignores_the_daemons_own_directories(tmp_path: Path) -> None:
+    root = _canary_root(tmp_path)
+    before = snapshot(root)
+    (root / "d" / "run").mkdir()
+    (root / "fuzzer" / "watchdog.jsonl").write_text("{}\n")
+    assert canary_changes(before, snapshot(root)) == []
+
+
+def test_log_watch_reports_each_kind_of_escaped_exception_once(tmp_path: Path) -> None:
+    log = tmp_path / "pyvirtd.log"
+    trace = ("Traceback (most recent call last):\n  File \"/x/lifecycle.py\", line 220, in "
+             "_teardown\n    obj.process.reap()\nAttributeError: 'NoneType' object has no "
+             "attribute 'reap'\n")
+    log.write_text("2026 1 ERROR x: [client 8 unix] DOMAIN_DESTROY failed unexpectedly: "
+                   "AttributeError()\n" + trace + "2026 1 DEBUG refusing call\n")
+    watch = LogWatch([log])
+    found = watch.poll()
+    assert len(found) == 2 and "lifecycle.py" in found[1] and "AttributeError" in found[1]
+    with open(log, "a") as handle:  # the same failure again, and a traceback half written
+        handle.write(trace + "Traceback (most recent call last):\n  File \"/y.py\", line 1")
+    assert watch.poll() == []
+    with open(log, "a") as handle:
+        handle.write(", in f\nValueError: boom\n")
+    assert len(watch.poll()) == 1

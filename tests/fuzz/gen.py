@@ -269,7 +269,7 @@ class ArgGen:
             claimed = self.rng.choice((max_len, max_len + 1, 0xFFFFFFFF, 0x7FFFFFFF,
                                        len(data) + 1, len(data) + 4096))
             out += word(claimed) + body
-        elif pick < 0.55 and max_len <= 1 << 22 and self._big_left:  # the maximum, or one more
+        elif pick < 0.5 and max_len <= 1 << 22 and self._big_left:  # the maximum, or one more
             self._big_left -= 1
             count = max_len + self.rng.randint(0, 1)
             fill = self.rng.choice((b"A", b"/", b"\0", b"\xff"))

@@ -2,13 +2,16 @@
 
 Layout of one run (a fresh temporary root)::
 
+    /tmp/pvf-XXXX/          nothing may appear here but what the harness made
     /tmp/pvf-XXXX/d/        the daemon's root: configs, sockets, state, run, log dirs
+    /tmp/pvf-XXXX/fuzzer/   the fuzzer's own files (the watchdog's samples)
     /tmp/pvf-XXXX/canary/   files and directories the daemon must never touch; it is also
                             the daemon's working directory, so a relative path the daemon
                             should not have used lands here and is seen
 
-The canaries are checked at the end: same entries, types, sizes, contents, modes and
-mtimes (a directory's mtime also changes when a file is created in it and removed again).
+The canaries (the run's root and everything under ``canary``) are checked at the end:
+same entries, types, sizes, contents, modes and mtimes (a directory's mtime also changes
+when a file is created in it and removed again).
 """
 
 from __future__ import annotations
@@ -51,6 +54,10 @@ class FuzzTarget:
     canary_before: Snapshot
 
     @property
+    def fuzzer_dir(self) -> Path:
+        return self.root / "fuzzer"
+
+    @property
     def pid(self) -> int:
         return self.daemon.proc.pid
 
@@ -68,10 +75,11 @@ def fuzz_target(conf: Mapping[str, object] | None = None) -> Iterator[FuzzTarget
     root = Path(tempfile.mkdtemp(prefix="pvf-", dir="/tmp"))
     daemon_root, canary = root / "d", root / "canary"
     daemon_root.mkdir()
+    (root / "fuzzer").mkdir()
     handle: DaemonHandle | None = None
     try:
         populate_canary(canary)
-        before = snapshot(canary)
+        before = snapshot(root)
         handle = _start(daemon_root, canary, conf or {})
         yield FuzzTarget(root, canary, handle, before)
     finally:
@@ -106,15 +114,23 @@ def populate_canary(canary: Path) -> None:
     # a symlink out of the canary: following it would reach the canary's own "secret"
     (canary / "link").symlink_to(canary / "secret")
     # mtimes in the past, so a touch in the same second still shows
-    for path in [*sorted(canary.rglob("*"), reverse=True), canary]:
+    for path in [*sorted(canary.rglob("*"), reverse=True), canary, canary.parent]:
         os.utime(path, ns=(1_000_000_000_000_000_000, 1_000_000_000_000_000_000),
                  follow_symlinks=False)
 
 
-def snapshot(canary: Path) -> Snapshot:
-    """Every entry under ``canary`` (itself included), without following symlinks."""
-    state: Snapshot = {}
-    for path in [canary, *canary.rglob("*")]:
+#: entries of the run's root whose insides change legitimately (only their presence counts)
+_OWN_DIRS = ("d", "fuzzer")
+
+
+def snapshot(root: Path) -> Snapshot:
+    """The run's root and everything under it but the daemon's and the fuzzer's own
+    directories (which only must exist), without following symlinks."""
+    state: Snapshot = {name: ("dir", 0, 0, 0, "") for name in _OWN_DIRS
+                       if (root / name).is_dir()}
+    paths = [root, *(p for p in root.iterdir() if p.name not in _OWN_DIRS)]
+    for path in [*paths, *(p for top in paths[1:] if top.is_dir() and not top.is_symlink()
+                           for p in top.rglob("*"))]:
         info = path.lstat()
         if path.is_symlink():
             kind, digest = "link", os.readlink(path)
@@ -122,8 +138,8 @@ def snapshot(canary: Path) -> Snapshot:
             kind, digest = "dir", ""
         else:
             kind, digest = "file", hashlib.sha256(path.read_bytes()).hexdigest()
-        state[str(path.relative_to(canary.parent))] = (kind, info.st_size, info.st_mtime_ns,
-                                                       info.st_mode, digest)
+        name = str(path.relative_to(root)) if path != root else "."
+        state[name] = (kind, info.st_size, info.st_mtime_ns, info.st_mode, digest)
     return state
 
 

@@ -48,6 +48,8 @@ class FuzzReport:
     daemon_alive: bool
     extra_problems: list[str] = field(default_factory=list)
     dump_dir: Path | None = None
+    #: (seconds since the start, RSS KiB) every 30 s
+    rss_timeline: list[tuple[float, int]] = field(default_factory=list)
 
     # -- verdict --------------------------------------------------------------------------------
     def low_procs(self) -> list[str]:
@@ -86,6 +88,14 @@ class FuzzReport:
                          f"reach their decoder: {', '.join(low)}")
         return found
 
+    def summary(self) -> list[str]:
+        """The problems, one line each, repeats counted."""
+        counts: dict[str, int] = {}
+        for problem in self.problems():
+            line = problem.splitlines()[0][:300]
+            counts[line] = counts.get(line, 0) + 1
+        return [line + (f" (x{n})" if n > 1 else "") for line, n in counts.items()]
+
     @property
     def ok(self) -> bool:
         return not self.problems()
@@ -106,18 +116,21 @@ class FuzzReport:
             f"{self.latency.worst() * 1000:.0f} ms",
             "daemon RSS (MiB): " + ", ".join(f"{k} {v / MIB:.1f}" for k, v in
                                              self.rss_kib.items())
-            + f"; growth after warm-up {self.rss_growth_mib():.1f}",
+            + f"; growth after warm-up {self.rss_growth_mib():.1f}; over time: "
+            + " ".join(f"{t:.0f}s:{kib / MIB:.0f}" for t, kib in self.rss_timeline),
             f"canaries: {'unchanged' if not self.canary_changes else self.canary_changes}",
             "per procedure: reached decoder (decoded OK) / sent",
         ]
         lines += self._proc_lines()
         if stats.slow:
             lines.append(f"slow calls ({len(stats.slow)}): " + "; ".join(stats.slow[:5]))
-        for failure in stats.failures[:10]:
-            lines.append(failure.report())
-        problems = self.problems()
-        lines.append("RESULT: " + ("PASS" if not problems else "FAIL\n  " + "\n  ".join(
-            p.splitlines()[0][:300] for p in problems)))
+        reported: set[str] = set()
+        for failure in stats.failures:  # the first frame of each kind of failure
+            if failure.what not in reported and len(reported) < 12:
+                reported.add(failure.what)
+                lines.append(failure.report())
+        problems = self.summary()
+        lines.append("RESULT: " + ("PASS" if not problems else "FAIL\n  " + "\n  ".join(problems)))
         if self.dump_dir is not None:
             lines.append(f"failing frames and daemon logs: {self.dump_dir}")
         if problems:

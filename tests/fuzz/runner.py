@@ -101,7 +101,8 @@ class _Run:
         self.workers = [Worker(i, config.seed, self.sockets, self.corpus, self.world,
                                self.stats) for i in range(config.workers)]
         self.rss: dict[str, int] = {}
-        self.watch_file = target.root / "watchdog.jsonl"
+        self.rss_timeline: list[tuple[float, int]] = []
+        self.watch_file = target.fuzzer_dir / "watchdog.jsonl"
         self.dead = False
 
     async def run(self) -> FuzzReport:
@@ -115,6 +116,7 @@ class _Run:
             await self._monitor(started, deadline, tasks)
             await asyncio.gather(*tasks, return_exceptions=True)
             await self.keeper.close()
+            self.rss["end"] = await self._settled_rss()
         finally:
             watchdog.kill()
             watchdog.wait(5)
@@ -143,6 +145,8 @@ class _Run:
             now = time.monotonic()
             rss = rss_kib(self.target.pid)
             self.rss["peak"] = max(self.rss.get("peak", 0), rss)
+            if not self.rss_timeline or now - started >= self.rss_timeline[-1][0] + 30:
+                self.rss_timeline.append((now - started, rss))
             if "warm" not in self.rss and now - started >= self._warmup():
                 self.rss["warm"] = rss
             for line in self.logs.poll():
@@ -155,6 +159,15 @@ class _Run:
             if now - last_housekeeping >= HOUSEKEEPING_S:
                 last_housekeeping = now
                 await self.keeper.housekeeping(self.stats)
+
+    async def _settled_rss(self) -> int:
+        """RSS once the last calls are done: the lowest of a few samples over 2 s (a reply
+        still being encoded is not growth)."""
+        samples = []
+        for _ in range(5):
+            await asyncio.sleep(0.4)
+            samples.append(rss_kib(self.target.pid))
+        return min(samples)
 
     def _warmup(self) -> float:
         return min(self.config.warmup, self.config.seconds / 4)
@@ -169,17 +182,17 @@ class _Run:
     def _verdict(self, elapsed: float) -> FuzzReport:
         for line in self.logs.poll():
             self._fail(f"daemon log: {line}")
-        self.rss["end"] = rss_kib(self.target.pid)
         alive = self.target.alive()
         if not alive and not self.dead:
             self._fail("the daemon died")
-        changes = canary_changes(self.target.canary_before, snapshot(self.target.canary))
+        changes = canary_changes(self.target.canary_before, snapshot(self.target.root))
         expected = [(program.name, spec.number, spec.name)
                     for program, spec in callable_procs(REMOTE, QEMU, ADMIN)]
         return FuzzReport(self.config.seed, self.config.seconds, self.config.min_frames,
                           self.config.max_latency, self.config.max_rss_growth_mib, elapsed,
                           self.stats, expected, _read_latencies(self.watch_file), dict(self.rss),
-                          changes, alive, list(self.keeper.errors))
+                          changes, alive, list(self.keeper.errors),
+                          rss_timeline=list(self.rss_timeline))
 
 
 def _start_watchdog(sock: str, out: Path) -> subprocess.Popen[bytes]:

@@ -40,10 +40,11 @@ from pyvirt.rpc.xdr import XDRError
 from tests.fuzz.frames import Frame
 from tests.fuzz.hostile import SECRET_TOKEN
 
-#: error messages the server sends before it decodes the arguments
-PRE_DECODE = ("unknown procedure", "Cannot find program", "Unexpected message status",
-              "authentication required", "read only access prevents",
-              "passing file descriptors is not supported")
+#: error messages the server sends before it decodes the arguments of a procedure of its
+#: table ("unknown procedure" is not one: for a procedure of the table it comes from the
+#: dispatcher, after decoding, when the daemon has no handler for it)
+PRE_DECODE = ("Cannot find program", "Unexpected message status", "authentication required",
+              "read only access prevents", "passing file descriptors is not supported")
 UNDECODABLE = "Unable to decode message payload"
 INTERNAL = "unexpected failure while handling the call"
 #: the server's handler returned a value its wire type cannot carry: a daemon bug
@@ -247,6 +248,8 @@ class Session:
             return
         program = self.programs.get(prog)
         spec = program.get(proc) if program is not None and program.version == vers else None
+        if _header_type(frame) not in (MessageType.CALL, MessageType.CALL_WITH_FDS):
+            spec = None  # answered, but not as a call (a bug the header check reports)
         if hdr.status == MessageStatus.OK:
             self._check_ok(frame, spec, packet)
         elif hdr.status == MessageStatus.ERROR:
@@ -255,7 +258,7 @@ class Session:
             self.fail(f"reply with status {hdr.status}", frame)
 
     def _check_ok(self, frame: Frame, spec: ProcSpec | None, packet: Packet) -> None:
-        if spec is None:
+        if spec is None or spec.is_message:
             self.fail("a call the server cannot know was answered OK", frame)
             return
         self._count_reached(spec, decoded=True)
@@ -280,7 +283,7 @@ class Session:
             self.fail(f"the daemon could not encode its own reply: {message}", frame)
         if "read only access prevents" in message and self.socket_kind == "rw":
             self.became_readonly = True  # a fuzzed CONNECT_OPEN asked for read-only
-        if spec is None or message.startswith(PRE_DECODE):
+        if spec is None or spec.is_message or message.startswith(PRE_DECODE):
             return
         self._count_reached(spec, decoded=not message.startswith(UNDECODABLE))
 
@@ -293,6 +296,11 @@ class Session:
     def fail(self, what: str, frame: Frame | None) -> None:
         self.stats.failures.append(Failure(f"[{self.socket_kind}] {what}", frame,
                                            list(self.sent)))
+
+
+def _header_type(frame: Frame) -> int:
+    mtype: int = _HEADER.unpack_from(frame.data, 4)[3]
+    return mtype
 
 
 def programs_for(*programs: Program) -> dict[int, Program]:
