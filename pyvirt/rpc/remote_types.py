@@ -40,6 +40,9 @@ SECURITY_MODEL_MAX = 257  # VIR_SECURITY_MODEL_BUFLEN
 SECURITY_DOI_MAX = 257  # VIR_SECURITY_DOI_BUFLEN
 SECURITY_LABEL_MAX = 4097  # VIR_SECURITY_LABEL_BUFLEN
 CONNECT_IDENTITY_PARAMS_MAX = 20
+#: VIR_TYPED_PARAM_FIELD_LENGTH (80) less the NUL: libvirt refuses longer typed-parameter
+#: names when it copies them into virTypedParameter.field
+TYPED_PARAM_FIELD_MAX = 79
 DOMAIN_MESSAGES_MAX = 2048
 UUID_LEN = 16
 
@@ -149,6 +152,9 @@ class _TypedParamXDR(XDRType[TypedParam]):
     def pack(self, packer: Packer, value: TypedParam) -> None:
         if not isinstance(value, TypedParam):
             raise XDRError(f"{self.name}: expected TypedParam, got {type(value).__name__}")
+        if len(value.field.encode("utf-8", "surrogateescape")) > TYPED_PARAM_FIELD_MAX:
+            raise XDRError(f"{self.name}: field name {value.field[:TYPED_PARAM_FIELD_MAX]!r}... "
+                           f"is longer than {TYPED_PARAM_FIELD_MAX} bytes")
         arm = _PARAM_ARMS.get(value.type)
         if arm is None:
             raise XDRError(f"{self.name} {value.field!r}: invalid type {value.type}")
@@ -160,7 +166,12 @@ class _TypedParamXDR(XDRType[TypedParam]):
             raise XDRError(f"{self.name} {value.field!r}: {exc}") from None
 
     def unpack(self, unpacker: Unpacker) -> TypedParam:
-        field = NonnullString.unpack(unpacker)
+        # the name's length is checked before its bytes are read: a peer's 4 MiB name
+        # would otherwise be decoded, then echoed in errors and log lines
+        try:
+            field = unpacker.unpack_string(TYPED_PARAM_FIELD_MAX)
+        except XDRError as exc:
+            raise XDRError(f"{self.name} field name: {exc}") from None
         disc = unpacker.unpack_int()
         try:
             kind = TypedParamType(disc)

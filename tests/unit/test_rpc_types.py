@@ -14,8 +14,11 @@ from hypothesis import strategies as st
 from pyvirt.errors import ErrorCode, ErrorDomain, NoDomainError, VirtError
 from pyvirt.rpc import error as rpc_error
 from pyvirt.rpc.remote_types import (
+    STRING_MAX,
+    TYPED_PARAM_FIELD_MAX,
     Domain,
     JobStatsParams,
+    MigrateParams,
     NonnullDomain,
     RemoteError,
     RemoteErrorXDR,
@@ -175,18 +178,43 @@ def test_typed_param_errors() -> None:
         JobStatsParams.encode([TypedParam.of_int("x", 1)] * 65)
 
 
+# names fit libvirt's 79-byte field even when every character takes 4 UTF-8 bytes
+_field_names = st.text(max_size=TYPED_PARAM_FIELD_MAX // 4)
 typed_param_strategy = st.one_of(
-    st.builds(TypedParam.of_int, st.text(), st.integers(-(2**31), 2**31 - 1)),
-    st.builds(TypedParam.of_ullong, st.text(), st.integers(0, 2**64 - 1)),
-    st.builds(TypedParam.of_double, st.text(), st.floats(allow_nan=False)),
-    st.builds(TypedParam.of_bool, st.text(), st.booleans()),
-    st.builds(TypedParam.of_string, st.text(), st.text()),
+    st.builds(TypedParam.of_int, _field_names, st.integers(-(2**31), 2**31 - 1)),
+    st.builds(TypedParam.of_ullong, _field_names, st.integers(0, 2**64 - 1)),
+    st.builds(TypedParam.of_double, _field_names, st.floats(allow_nan=False)),
+    st.builds(TypedParam.of_bool, _field_names, st.booleans()),
+    st.builds(TypedParam.of_string, _field_names, st.text()),
 )
 
 
 @given(st.lists(typed_param_strategy, max_size=64))
 def test_typed_params_round_trip(params: list[TypedParam]) -> None:
     assert JobStatsParams.decode(JobStatsParams.encode(params), strict_padding=True) == params
+
+
+def _raw_param(name: bytes, kind: int = 1, value: bytes = b"\0\0\0\1") -> bytes:
+    padded = name + b"\0" * (-len(name) % 4)
+    return struct.pack(">I", len(name)) + padded + struct.pack(">i", kind) + value
+
+
+def test_typed_param_names_are_capped_at_libvirts_field_length() -> None:
+    longest = b"n" * TYPED_PARAM_FIELD_MAX
+    assert TypedParamXDR.decode(_raw_param(longest)).field == longest.decode()
+    with pytest.raises(XDRError, match="field name"):
+        TypedParamXDR.decode(_raw_param(longest + b"n"))
+    with pytest.raises(XDRError, match="longer than 79 bytes"):
+        TypedParamXDR.encode(TypedParam.of_int("é" * 40, 1))  # 80 bytes in UTF-8
+
+
+def test_typed_param_name_length_is_refused_before_its_bytes_are_read() -> None:
+    # a 4 MiB name claimed (and sent): refused from the length word, and the error does
+    # not echo the name (it would end up in replies and log lines)
+    claimed = struct.pack(">I", STRING_MAX) + b"A" * STRING_MAX + struct.pack(">ii", 1, 1)
+    with pytest.raises(XDRError) as info:
+        MigrateParams.decode(struct.pack(">I", 1) + claimed)
+    assert len(str(info.value)) < 200
 
 
 @given(st.binary(max_size=300))
