@@ -276,3 +276,12 @@ def test_real_daemon_style_error_fields_decode() -> None:
     decoded = rpc_error.error_from_wire(RemoteErrorXDR.encode(err))
     assert decoded.code == 42
     assert decoded.message == "Domain not found"
+
+
+def test_daemon_node_info_fits_its_wire_type() -> None:
+    # char model[32] is fixed: a shorter model failed every NODE_GET_INFO (wire fuzzer)
+    from pyvirt.daemon import hostinfo
+    from pyvirt.rpc.remote_protocol import REMOTE, RemoteProc
+
+    spec = REMOTE.procs[RemoteProc.NODE_GET_INFO]
+    assert len(spec.encode_ret(hostinfo.node_info())) == 160
