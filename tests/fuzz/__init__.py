@@ -12,7 +12,11 @@ outside the daemon's directories prove that no hostile name reached them.
 * :mod:`tests.fuzz.frames` — whole frames: procedure choice, mutations, header faults;
 * :mod:`tests.fuzz.harness` — the isolated daemon, canaries, RSS and log checks;
 * :mod:`tests.fuzz.session` — one fuzzing connection and the reply oracles;
-* :mod:`tests.fuzz.runner` — the run: sessions, housekeeping, watchdog, report.
+* :mod:`tests.fuzz.scenarios` — what a worker does on one connection;
+* :mod:`tests.fuzz.keeper` — well-formed upkeep: domains to aim at, admin limits put back;
+* :mod:`tests.fuzz.watchdog` — the well-formed client timing its listings (own process);
+* :mod:`tests.fuzz.runner` and :mod:`tests.fuzz.report` — the run and its verdict;
+* :mod:`tests.fuzz.replay` — dumped failing frames sent again to a fresh daemon.
 
 ``python -m tests.fuzz --seconds 600 [--seed N]`` (``make fuzz``) runs it long;
 ``tests/functional/test_wire_fuzz.py`` runs it briefly in ``make test``.

@@ -66,6 +66,8 @@ class FuzzReport:
 
     def problems(self) -> list[str]:
         found = [failure.what for failure in self.stats.failures]
+        if self.stats.more_failures:
+            found.append(f"{self.stats.more_failures} more failures (not kept)")
         found += self.extra_problems
         if not self.daemon_alive:
             found.append("the daemon is not running at the end")

@@ -176,7 +176,7 @@ class _Run:
         """A failure seen outside a reply (log, death): the frames in flight as context."""
         recent = [frame for worker in self.workers for session in worker.active
                   for frame in session.sent] if with_frames else []
-        self.stats.failures.append(Failure(what, None, recent))
+        self.stats.add_failure(Failure(what, None, recent))
 
     # -- verdict --------------------------------------------------------------------------------
     def _verdict(self, elapsed: float) -> FuzzReport:

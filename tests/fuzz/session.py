@@ -50,6 +50,7 @@ INTERNAL = "unexpected failure while handling the call"
 #: the server's handler returned a value its wire type cannot carry: a daemon bug
 ENCODE_FAILED = "cannot encode the"
 _HEADER = struct.Struct(">IIiiIi")
+MAX_KEPT_FAILURES = 200
 
 
 @dataclass
@@ -86,6 +87,15 @@ class Stats:
     unanswered: int = 0
     slow: list[str] = field(default_factory=list)
     failures: list[Failure] = field(default_factory=list)
+    more_failures: int = 0
+
+    def add_failure(self, failure: Failure) -> None:
+        """Keep the first failures with their frames; count the rest (a failure that
+        repeats all run long must not pin every frame it saw)."""
+        if len(self.failures) < MAX_KEPT_FAILURES:
+            self.failures.append(failure)
+        else:
+            self.more_failures += 1
 
     def count(self, program: str, proc: int) -> ProcCount:
         return self.procs.setdefault((program, proc), ProcCount())
@@ -294,8 +304,7 @@ class Session:
         count.decoded += int(decoded)
 
     def fail(self, what: str, frame: Frame | None) -> None:
-        self.stats.failures.append(Failure(f"[{self.socket_kind}] {what}", frame,
-                                           list(self.sent)))
+        self.stats.add_failure(Failure(f"[{self.socket_kind}] {what}", frame, list(self.sent)))
 
 
 def _header_type(frame: Frame) -> int:
