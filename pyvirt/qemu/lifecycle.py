@@ -208,16 +208,17 @@ class DomainRunner:
         if obj.monitor is not None:
             await obj.monitor.close()
             obj.monitor = None
-        if obj.process is not None:
-            if await obj.process.terminate(self.settings.kill_grace_s):
+        process = obj.process  # a concurrent teardown (a second destroy) may clear it
+        if process is not None:
+            if await process.terminate(self.settings.kill_grace_s):
                 # the writer has QEMU's last words in its pipes: let it write them and go
-                if not await obj.process.wait_logs_written(LOG_FLUSH_S):
+                if not await process.wait_logs_written(LOG_FLUSH_S):
                     log.warning("[dom=%s] log writer still running after QEMU exited",
                                 obj.name)
             else:
                 log.warning("[dom=%s] QEMU pid %d did not exit on SIGKILL", obj.name,
-                            obj.process.pid)
-            obj.process.reap()  # what has exited; never a blocking wait on the loop
+                            process.pid)
+            process.reap()  # what has exited; never a blocking wait on the loop
             obj.process = None
         runtime_setup.release_resources(obj, self.display_ports)
         self.status_store.remove(obj.name)
