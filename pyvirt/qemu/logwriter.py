@@ -28,6 +28,10 @@ that found :data:`FLOOD_BYTES` or more goes on at once, so a flood is read in bi
 full speed. The pipes are enlarged (``F_SETPIPE_SZ``, by the daemon) so QEMU does not wait
 during a pause.
 
+Only regular files are written, opened without following a symlink (rotation renames
+files: a ``<log file='/dev/null'>`` must not move /dev/null); any other log is drained and
+dropped, with a note in QEMU's own log. A failing disk drops data, never blocks QEMU.
+
 Two writers never interleave in one file: each holds an exclusive ``flock`` on the file it
 writes (the previous instance of a domain may still be draining when the next one starts);
 the wait for it is bounded (:data:`LOCK_WAIT_S`) so that QEMU never stalls on a full pipe.
@@ -48,6 +52,7 @@ import errno
 import fcntl
 import os
 import select
+import stat
 import sys
 import time
 from typing import Protocol
@@ -177,8 +182,13 @@ def _open_locked(path: str) -> int:
     """Open ``path`` for appending, holding its exclusive lock (waited for, boundedly)."""
     deadline = time.monotonic() + LOCK_WAIT_S
     while True:
+        # O_NONBLOCK: a FIFO there fails at once instead of waiting for a reader
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
-                     | os.O_NOFOLLOW, 0o600)
+                     | os.O_NOFOLLOW | os.O_NONBLOCK, 0o600)
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            # rotating renames the file: never /dev/null, a FIFO, a terminal...
+            os.close(fd)
+            raise OSError(errno.EINVAL, f"{path} is not a regular file")
         if not _lock(fd, deadline):
             return fd  # the other writer is stuck: write anyway rather than stall QEMU
         try:

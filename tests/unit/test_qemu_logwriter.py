@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -117,11 +118,47 @@ def test_a_second_writer_waits_for_the_first(tmp_path: Path) -> None:
     assert log.read_bytes() == b"x" * 5 + b"second\n"
 
 
-def test_a_full_disk_drops_data_without_failing(tmp_path: Path) -> None:
-    writer = RotatingFile("/dev/full", max_size=1 << 20, max_backups=0)
-    writer.write(b"lost\n" * 10)
-    assert writer.dropped == 50
+@pytest.mark.parametrize("path", ["/dev/null", "/dev/full"])
+def test_only_regular_files(path: str) -> None:
+    with pytest.raises(OSError, match="not a regular file"):
+        RotatingFile(path, max_size=100, max_backups=1)
+    assert os.path.exists(path) and not os.path.exists(path + ".0")
+
+
+def test_a_fifo_is_refused_without_waiting(tmp_path: Path) -> None:
+    os.mkfifo(tmp_path / "g.log")
+    started = time.monotonic()
+    with pytest.raises(OSError):
+        RotatingFile(str(tmp_path / "g.log"), max_size=100, max_backups=1)
+    assert time.monotonic() - started < 1
+
+
+@pytest.fixture
+def small_fs(tmp_path: Path) -> Iterator[Path]:
+    """A 64 KiB tmpfs: a disk that fills up."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to mount a tmpfs")
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(tmp_path)],
+                   check=True)
+    try:
+        yield tmp_path
+    finally:
+        subprocess.run(["umount", str(tmp_path)], check=False)
+
+
+def test_a_full_disk_drops_data_and_says_so_later(small_fs: Path) -> None:
+    ballast = small_fs / "ballast"
+    ballast.write_bytes(b"b" * 32 * 1024)
+    log = small_fs / "g.log"
+    writer = RotatingFile(str(log), max_size=1 << 20, max_backups=0)
+    writer.write(b"x" * 100_000 + b"\n")  # more than the filesystem holds: no exception
+    lost = writer.dropped
+    assert 0 < lost < 100_001
+    ballast.unlink()  # room again
+    writer.write(b"back\n")
     writer.close()
+    assert log.read_bytes().endswith(
+        f"pyvirt log writer: {lost} bytes dropped (No space left on device)\nback\n".encode())
 
 
 def test_the_writer_process_drains_pipes_until_end_of_file(tmp_path: Path) -> None:
