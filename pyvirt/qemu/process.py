@@ -193,7 +193,10 @@ def qemu_env(extra: dict[str, str]) -> dict[str, str]:
 def log_tail(log_path: Path, limit: int = 4000) -> str:
     """What QEMU printed since the last start of this domain (for start-up errors)."""
     try:
-        data = log_path.read_bytes()[-limit:]
+        # only the end: a "file"-handled log has no size limit
+        with open(log_path, "rb") as log:
+            log.seek(max(0, os.fstat(log.fileno()).st_size - limit))
+            data = log.read(limit)
     except OSError:
         return ""
     lines = data.decode(errors="replace").splitlines()
