@@ -1,7 +1,8 @@
 """Starting, stopping and re-attaching QEMU processes for domains.
 
 Start (libvirt's order): take resources (id, run dir, display ports, taps, channel
-paths) → build argv (pure) → spawn QEMU with ``-S`` → connect QMP → read back pty paths →
+paths) → start the log writer and its pipes (``stdio_handler = "logd"``) → build argv
+(pure) → spawn QEMU with ``-S`` → connect QMP → read back pty paths →
 set graphics passwords → ``cont`` (unless started paused) → record status. Any failure
 undoes every step so no process, socket, port or tap is left behind.
 """
