@@ -235,6 +235,13 @@ DAEMON_SCHEMA = Schema.of(
         Key("prio_workers", _U, 5),
         Key("max_requests", _U, 20, check=check_positive),
         Key("max_client_requests", _U, 5, check=check_positive),
+        # pyvirt's per-client caps and file-descriptor reserve (docs/security.md)
+        Key("max_client_queued_bytes", _U, 8 << 20, check=check_positive),
+        Key("max_client_streams", _U, 16, check=check_positive),
+        Key("max_client_event_callbacks", _U, 256, check=check_positive),
+        Key("max_stream_queued_bytes", _U, 4 << 20, check=check_positive),
+        Key("nofile_reserve", _U, 1024),
+        Key("handshake_timeout", _U, 60),
         # Processing controls of the admin interface (libvirtd's code defaults)
         Key("admin_min_workers", _U, 5, _N),
         Key("admin_max_workers", _U, 20, _N),
@@ -306,6 +313,14 @@ class DaemonConfig:
     prio_workers: int = 5
     max_requests: int = 20
     max_client_requests: int = 5
+    max_client_queued_bytes: int = 8 << 20
+    max_client_streams: int = 16
+    max_client_event_callbacks: int = 256
+    max_stream_queued_bytes: int = 4 << 20
+    #: file descriptors kept free besides max_clients (QEMU monitors, logs, admin, ...)
+    nofile_reserve: int = 1024
+    #: seconds a connection may stay without CONNECT_OPEN; 0: no limit
+    handshake_timeout: int = 60
     log_level: int = 3
     log_filters: tuple[LogFilter, ...] = ()
     #: empty: :func:`default_log_outputs`

@@ -113,9 +113,10 @@ def admin_server_limits(
 ) -> ServerLimits:
     """Limits of the admin server: libvirtd's ``admin_*`` defaults, no priority workers.
 
-    libvirt does not count admin clients as anonymous; pyvirt does until CONNECT_OPEN, so
-    they get libvirtd's usual anonymous cap (20).  ``max_requests`` (global in pyvirt, no
-    admin counterpart in libvirt) follows ``max_workers``.  The server never pings admin
+    The admin socket's auth is "none", so its clients never count as anonymous (as in
+    libvirt); the anonymous cap (20) only satisfies the server's consistency check.
+    ``max_requests`` (global in pyvirt, no admin counterpart in libvirt) follows
+    ``max_workers``.  The server never pings admin
     clients (nothing on the admin program enables keepalive); it answers their pings.
     """
     return ServerLimits(

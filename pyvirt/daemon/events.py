@@ -3,7 +3,13 @@
 A client registers (procedure 316) for an event ID, optionally for one domain; the daemon
 answers with a callback ID and from then on sends each matching driver event as a MESSAGE
 (318 for lifecycle). Events go through one queue per client so they arrive in the order
-the driver emitted them, and a slow client never blocks the driver.
+the driver emitted them, and a slow client never blocks the driver: the send never waits
+(a client that lets ``max_client_queued_bytes`` of events pile up is dropped by the RPC
+layer).
+
+A client holds at most ``max_client_event_callbacks`` registrations (pyvirt's cap; libvirt
+has none): each costs work on every driver event.  Beyond it registering fails with an
+error reply and one log line per client.
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from pyvirt.errors import ErrorCode, VirtError
+from pyvirt.errors import ErrorCode, RPCError, VirtError
 from pyvirt.qemu.events import AnyEvent, DomainEvent, EventBus, MigrationIterationEvent
 from pyvirt.rpc.remote_protocol import REMOTE, RemoteProc
 from pyvirt.rpc.remote_types import NonnullDomain
@@ -66,8 +72,11 @@ class ClientEvents:
         self._queue: asyncio.Queue[tuple[int, Any]] = asyncio.Queue(QUEUE_MAX)
         self._handle: int | None = None
         self._pump: asyncio.Task[None] | None = None
+        self._cap_logged = False
+        self._overflow_logged = False
 
     def register(self, event_id: int, uuid: str | None, legacy: bool = False) -> int:
+        self._check_cap()
         if event_id not in SUPPORTED_EVENT_IDS:
             raise VirtError(f"this function is not supported by the connection driver: "
                             f"domain event ID {event_id} is not supported by pyvirtd",
@@ -81,6 +90,21 @@ class ClientEvents:
             self._handle = self._bus.subscribe(self._on_event)
             self._pump = asyncio.get_running_loop().create_task(self._send_loop())
         return callback_id
+
+    def _check_cap(self) -> None:
+        cap = self._client.limits.max_client_event_callbacks
+        if len(self._regs) < cap:
+            return
+        if not self._cap_logged:
+            self._cap_logged = True
+            log.warning("[client=%s] refusing event registrations beyond "
+                        "max_client_event_callbacks (%d)", self._client.id, cap)
+        raise RPCError(f"Too many event callbacks registered on this connection "
+                       f"(max_client_event_callbacks = {cap})")
+
+    @property
+    def registrations(self) -> int:
+        return len(self._regs)
 
     def deregister(self, callback_id: int) -> None:
         if self._regs.pop(callback_id, None) is None:
@@ -117,7 +141,10 @@ class ClientEvents:
             try:
                 self._queue.put_nowait(message)
             except asyncio.QueueFull:
-                log.warning("[client=%s] event queue full; dropping event", self._client.id)
+                if not self._overflow_logged:  # once per client, not per registration
+                    self._overflow_logged = True
+                    log.warning("[client=%s] event queue full; dropping events",
+                                self._client.id)
 
     async def _send_loop(self) -> None:
         while True:

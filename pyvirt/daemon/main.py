@@ -8,6 +8,7 @@ import fnmatch
 import logging
 import logging.handlers
 import os
+import resource
 import sys
 
 from pyvirt.conf.daemon_conf import (
@@ -20,7 +21,7 @@ from pyvirt.conf.daemon_conf import (
     load_daemon_config,
 )
 from pyvirt.conf.qemu_conf import load_qemu_config
-from pyvirt.errors import VirtError
+from pyvirt.errors import ConfigUnsupportedError, VirtError
 
 log = logging.getLogger("pyvirt.daemon")
 
@@ -83,6 +84,29 @@ def _handler_for(output: LogOutput) -> logging.Handler:
     return logging.StreamHandler(sys.stderr)
 
 
+def fit_open_files(cfg: DaemonConfig) -> int:
+    """Make RLIMIT_NOFILE fit ``max_clients`` plus ``nofile_reserve``; returns the soft limit.
+
+    Every client is a file descriptor, and so are QEMU monitors, pidfds, logs, admin and
+    peer connections (the reserve).  A soft limit below the need is raised, to the need and
+    no higher (QEMU and other children inherit it, and some programs walk every possible
+    descriptor at start); a hard limit below it refuses the configuration, naming the keys,
+    instead of failing later with EMFILE under load."""
+    need = cfg.max_clients + cfg.nofile_reserve
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and need > hard:
+        raise ConfigUnsupportedError(
+            f"max_clients ({cfg.max_clients}) plus nofile_reserve ({cfg.nofile_reserve}) "
+            f"need {need} file descriptors, more than the hard RLIMIT_NOFILE ({hard}); "
+            f"lower max_clients or raise the hard limit (ulimit -Hn, systemd LimitNOFILE=)")
+    if soft != resource.RLIM_INFINITY and soft < need:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (need, hard))
+        log.info("raised RLIMIT_NOFILE from %d to %d (max_clients %d + nofile_reserve %d)",
+                 soft, need, cfg.max_clients, cfg.nofile_reserve)
+        return need
+    return soft
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
@@ -96,6 +120,7 @@ def main(argv: list[str] | None = None) -> int:
 
     assert isinstance(qemu_cfg, QemuConfig)
     try:
+        fit_open_files(daemon_cfg)
         daemon = Daemon(daemon_cfg, qemu_cfg, listen=args.listen)
         asyncio.run(daemon.run())
     except VirtError as exc:

@@ -99,6 +99,11 @@ def server_limits(cfg: DaemonConfig) -> ServerLimits:
         max_workers=cfg.max_workers, prio_workers=cfg.prio_workers,
         max_requests=cfg.max_requests, max_client_requests=cfg.max_client_requests,
         keepalive_interval=cfg.keepalive_interval, keepalive_count=cfg.keepalive_count,
+        max_client_queued_bytes=cfg.max_client_queued_bytes,
+        max_client_streams=cfg.max_client_streams,
+        max_client_event_callbacks=cfg.max_client_event_callbacks,
+        max_stream_queued_bytes=cfg.max_stream_queued_bytes,
+        handshake_timeout=cfg.handshake_timeout or None,
     )
 
 
@@ -127,11 +132,14 @@ class Daemon:
         await self.driver.initialize(autostart=True)
         self.sock_dir.mkdir(parents=True, exist_ok=True, mode=0o755)
         await self.server.listen_unix(str(self.sock_dir / RW_SOCKET_NAME),
-                                      mode=self.cfg.unix_sock_rw_perms)
+                                      mode=self.cfg.unix_sock_rw_perms,
+                                      auth=self.cfg.auth_unix_rw)
         await self.server.listen_unix(str(self.sock_dir / RO_SOCKET_NAME),
-                                      mode=self.cfg.unix_sock_ro_perms, readonly=True)
+                                      mode=self.cfg.unix_sock_ro_perms, readonly=True,
+                                      auth=self.cfg.auth_unix_ro)
         if self.listen and self.cfg.listen_tcp:
-            await self.server.listen_tcp(self.cfg.listen_addr or "0.0.0.0", self.cfg.tcp_port)
+            await self.server.listen_tcp(self.cfg.listen_addr or "0.0.0.0", self.cfg.tcp_port,
+                                         auth=self.cfg.auth_tcp)
         await self.server.start()
         await self._start_admin()
         log.info("pyvirtd ready (host uuid %s)", self.host_uuid)

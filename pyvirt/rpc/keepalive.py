@@ -36,7 +36,8 @@ class Keepalive:
             self._conn.log.debug("ignoring keepalive packet %s", hdr.describe())
         elif hdr.proc == KeepaliveProc.PING:
             with contextlib.suppress(ConnectionClosedError):
-                await self._conn.send(keepalive_header(KeepaliveProc.PONG))
+                # never waits: a peer that pings but does not read is bounded by the queue
+                self._conn.send_nowait(keepalive_header(KeepaliveProc.PONG))
         elif hdr.proc != KeepaliveProc.PONG:
             self._conn.log.debug("ignoring unknown keepalive procedure %d", hdr.proc)
 
@@ -77,7 +78,7 @@ class Keepalive:
                 return
             if silence >= self.interval:
                 with contextlib.suppress(ConnectionClosedError):
-                    await conn.send(keepalive_header(KeepaliveProc.PING))
+                    conn.send_nowait(keepalive_header(KeepaliveProc.PING))
                 await asyncio.sleep(self.interval)
             else:
                 await asyncio.sleep(self.interval - silence)

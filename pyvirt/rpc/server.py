@@ -6,22 +6,36 @@ Processing controls (libvirtd.conf names and defaults), each enforced here:
 ``max_clients``             accepting stops at the limit; further connections wait in the
                             kernel's listen backlog until a client leaves (libvirt does the same)
 ``max_queued_clients``      the listen backlog
-``max_anonymous_clients``   clients that have not completed CONNECT_OPEN (the dispatcher calls
-                            ``client.mark_opened()``); at the limit accepting stops too
+``max_anonymous_clients``   clients not yet authenticated.  A listener whose auth is "none"
+                            authenticates by definition (libvirt's rule), so its clients never
+                            count; at the limit only listeners that do authenticate stop
+                            accepting (libvirt stops every listener: a deliberate deviation)
 ``handshake_timeout``       (pyvirt) close a client that has not opened within this many seconds
 ``min/max/prio_workers``    the :class:`~pyvirt.rpc.workers.WorkerPool`
-``max_requests``            calls in flight across all clients; beyond it the reader of the
+``max_requests``            calls running across all clients; beyond it the reader of the
                             client waits (its socket is not read).  Priority procedures are
-                            counted but never wait, so DESTROY is not stuck behind the cap
-``max_client_requests``     calls in flight per client; beyond it that client's socket is not
-                            read.  Keepalive is answered by the reader before any cap
+                            counted but never wait, so DESTROY is not stuck behind the cap.
+                            A call stops counting once its reply is queued
+``max_client_requests``     calls in flight per client, until each reply has left the queue;
+                            beyond it that client's socket is not read.  Keepalive is
+                            answered by the reader before any cap
 ``keepalive_interval/count``server pings, started when the dispatcher calls
                             ``client.enable_keepalive()`` (on SUPPORTS_FEATURE(10))
+``max_client_queued_bytes`` (pyvirt) replies and events queued for one client; a client with
+                            more than this unread is dropped (see :mod:`.server_client`)
+``max_client_streams``      (pyvirt) open data streams per client; more get an error reply
+``max_client_event_callbacks`` (pyvirt) enforced by the daemon's event code
+``max_stream_queued_bytes`` (pyvirt) incoming data buffered per stream before the client's
+                            socket is no longer read
 ==========================  ====================================================================
 
 Accepting uses ``loop.add_reader`` on the listening sockets and a synchronous non-blocking
 ``accept()``, so the client count is exact at the moment of each accept and the limits are
-never overshot, even with several listeners.
+never overshot, even with several listeners.  When ``accept()`` fails for want of a file
+descriptor (EMFILE, ENFILE) or memory, the connection stays in the backlog and the socket
+stays readable: the server stops accepting on every listener for a delay that doubles from
+``ACCEPT_BACKOFF_MIN_S`` to ``ACCEPT_BACKOFF_MAX_S`` (reset by the next successful accept)
+and logs at most one line per ``ACCEPT_LOG_INTERVAL_S``, instead of spinning on the loop.
 """
 
 from __future__ import annotations
@@ -29,6 +43,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import errno
 import itertools
 import logging
 import os
@@ -45,9 +60,18 @@ from pyvirt.rpc.packet import PACKET_MAX, READER_LIMIT
 from pyvirt.rpc.protocol import Program
 from pyvirt.rpc.remote_protocol import REMOTE
 from pyvirt.rpc.server_client import Dispatcher, ServerClient
+from pyvirt.rpc.stream import STREAM_QUEUED_BYTES
 from pyvirt.rpc.workers import WorkerPool
 
 log = logging.getLogger(__name__)
+
+#: accept() failures that mean "no resources now": back off instead of retrying at once
+ACCEPT_RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+ACCEPT_BACKOFF_MIN_S = 0.05
+ACCEPT_BACKOFF_MAX_S = 1.0
+ACCEPT_LOG_INTERVAL_S = 10.0
+#: listener authentication that needs no exchange: its clients are authenticated at once
+AUTH_NONE = "none"
 
 
 @dataclasses.dataclass
@@ -66,6 +90,11 @@ class ServerLimits:
     keepalive_count: int = 5
     handshake_timeout: float | None = 60.0
     max_packet: int = PACKET_MAX
+    # pyvirt's per-client caps (pyvirtd.conf keys of the same names)
+    max_client_queued_bytes: int = 8 << 20
+    max_client_streams: int = 16
+    max_client_event_callbacks: int = 256
+    max_stream_queued_bytes: int = STREAM_QUEUED_BYTES
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -100,6 +129,15 @@ class Listener:
     address: str  # socket path, or "host:port"
     readonly: bool
     path: str | None = None
+    #: the listener's auth scheme (auth_unix_rw, auth_unix_ro, auth_tcp)
+    auth: str = AUTH_NONE
+    #: whether the loop watches the socket for connections now
+    accepting: bool = False
+
+    @property
+    def authenticates(self) -> bool:
+        """Its clients start anonymous (count against max_anonymous_clients)."""
+        return self.auth != AUTH_NONE
 
     @property
     def port(self) -> int:
@@ -131,11 +169,14 @@ class RPCServer:
         self._ids = itertools.count(1)
         self._nclients = 0  # includes connections accepted but not yet set up
         self._nanonymous = 0
-        self._accepting = False
         self._running = False
         self._requests = 0
-        self._requests_cond = asyncio.Condition()
+        self._request_room = asyncio.Event()
         self._setup_tasks: set[asyncio.Task[None]] = set()
+        self._backoff: asyncio.TimerHandle | None = None
+        self._backoff_s = ACCEPT_BACKOFF_MIN_S
+        self._accept_failures = 0  # since the last log line about them
+        self._accept_logged_at = -ACCEPT_LOG_INTERVAL_S
 
     # -- lifecycle ---------------------------------------------------------------------------
     async def start(self) -> None:
@@ -145,6 +186,9 @@ class RPCServer:
 
     async def close(self) -> None:
         self._running = False
+        if self._backoff is not None:
+            self._backoff.cancel()
+            self._backoff = None
         self._update_accepting()
         for listener in self._listeners:
             listener.sock.close()
@@ -171,7 +215,7 @@ class RPCServer:
 
     # -- listeners ---------------------------------------------------------------------------
     async def listen_unix(
-        self, path: str, *, mode: int = 0o666, readonly: bool = False
+        self, path: str, *, mode: int = 0o666, readonly: bool = False, auth: str = AUTH_NONE
     ) -> Listener:
         with contextlib.suppress(FileNotFoundError):
             if stat.S_ISSOCK(os.lstat(path).st_mode):
@@ -185,9 +229,11 @@ class RPCServer:
         except BaseException:
             sock.close()
             raise
-        return self._add_listener(Listener(sock, "unix", path, readonly, path))
+        return self._add_listener(Listener(sock, "unix", path, readonly, path, auth))
 
-    async def listen_tcp(self, host: str, port: int, *, readonly: bool = False) -> Listener:
+    async def listen_tcp(
+        self, host: str, port: int, *, readonly: bool = False, auth: str = AUTH_NONE
+    ) -> Listener:
         loop = asyncio.get_running_loop()
         infos = await loop.getaddrinfo(
             host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
@@ -203,14 +249,16 @@ class RPCServer:
             sock.close()
             raise
         bound = sock.getsockname()
-        return self._add_listener(Listener(sock, "tcp", f"{bound[0]}:{bound[1]}", readonly))
+        address = f"{bound[0]}:{bound[1]}"
+        return self._add_listener(Listener(sock, "tcp", address, readonly, None, auth))
 
     def _add_listener(self, listener: Listener) -> Listener:
         self._listeners.append(listener)
-        if self._accepting:
-            asyncio.get_running_loop().add_reader(listener.sock, self._on_readable, listener)
-        log.info("%s: listening on %s %s%s", self.name, listener.kind, listener.address,
-                 " (read-only)" if listener.readonly else "")  # fmt: skip
+        log.info("%s: listening on %s %s%s (auth %s)", self.name, listener.kind,
+                 listener.address, " (read-only)" if listener.readonly else "",
+                 listener.auth)  # fmt: skip
+        if self._running:
+            self._update_accepting()
         return listener
 
     @property
@@ -218,46 +266,80 @@ class RPCServer:
         return list(self._listeners)
 
     # -- accepting ---------------------------------------------------------------------------
-    def _accept_allowed(self) -> bool:
-        return (
-            self._running
-            and self._nclients < self.limits.max_clients
-            and self._nanonymous < self.limits.max_anonymous_clients
-        )
+    def _may_accept(self, listener: Listener) -> bool:
+        if not self._running or self._backoff is not None:
+            return False
+        if self._nclients >= self.limits.max_clients:
+            return False
+        return not listener.authenticates or \
+            self._nanonymous < self.limits.max_anonymous_clients
 
     def _update_accepting(self) -> None:
-        want = self._accept_allowed()
-        if want == self._accepting:
-            return
-        loop = asyncio.get_running_loop()
+        """Watch exactly the listeners that may accept now; log when that set changes."""
+        changed = False
         for listener in self._listeners:
+            want = self._may_accept(listener)
+            if want == listener.accepting:
+                continue
+            loop = asyncio.get_running_loop()
             if want:
                 loop.add_reader(listener.sock, self._on_readable, listener)
             else:
                 loop.remove_reader(listener.sock)
-        self._accepting = want
-        if self._running:
-            log.info("%s: %s accepting clients (clients %d/%d, anonymous %d/%d)", self.name,
-                     "resumed" if want else "suspended", self._nclients, self.limits.max_clients,
-                     self._nanonymous, self.limits.max_anonymous_clients)  # fmt: skip
+            listener.accepting = want
+            changed = True
+        if changed and self._running and self._backoff is None:
+            open_ = [lst.address for lst in self._listeners if lst.accepting]
+            log.info("%s: accepting on %s (clients %d/%d, anonymous %d/%d)", self.name,
+                     ", ".join(open_) or "no listener", self._nclients,
+                     self.limits.max_clients, self._nanonymous,
+                     self.limits.max_anonymous_clients)  # fmt: skip
 
     def _on_readable(self, listener: Listener) -> None:
-        while self._accept_allowed():
+        while self._may_accept(listener):
             try:
                 sock, addr = listener.sock.accept()
             except (BlockingIOError, InterruptedError):
                 break
-            except OSError as exc:  # e.g. EMFILE: try again on the next readiness
-                log.warning("%s: accept on %s failed: %s", self.name, listener.address, exc)
+            except ConnectionAbortedError:
+                continue  # the peer gave up while queued: take the next one
+            except OSError as exc:
+                self._accept_failed(listener, exc)
                 break
+            self._backoff_s = ACCEPT_BACKOFF_MIN_S
             self._nclients += 1
-            self._nanonymous += 1
-            task = asyncio.create_task(self._setup_client(sock, addr, listener))
+            anonymous = listener.authenticates
+            if anonymous:
+                self._nanonymous += 1
+            task = asyncio.create_task(self._setup_client(sock, addr, listener, anonymous))
             self._setup_tasks.add(task)
             task.add_done_callback(self._setup_tasks.discard)
         self._update_accepting()
 
-    async def _setup_client(self, sock: socket.socket, addr: Any, listener: Listener) -> None:
+    def _accept_failed(self, listener: Listener, exc: OSError) -> None:
+        """Stop accepting for a growing delay (the connection stays in the backlog, so
+        retrying at once would spin); one log line per ACCEPT_LOG_INTERVAL_S at most."""
+        delay = self._backoff_s
+        self._backoff_s = min(delay * 2, ACCEPT_BACKOFF_MAX_S)
+        if exc.errno not in ACCEPT_RESOURCE_ERRNOS:
+            delay = ACCEPT_BACKOFF_MIN_S  # unexpected: retry soon, but never spin
+        self._accept_failures += 1
+        now = time.monotonic()
+        if now - self._accept_logged_at >= ACCEPT_LOG_INTERVAL_S:
+            log.warning("%s: accept on %s failed: %s; not accepting for %.2f s "
+                        "(%d failures since the last report; clients %d)", self.name,
+                        listener.address, exc, delay, self._accept_failures,
+                        self._nclients)  # fmt: skip
+            self._accept_logged_at, self._accept_failures = now, 0
+        self._backoff = asyncio.get_running_loop().call_later(delay, self._end_backoff)
+        self._update_accepting()
+
+    def _end_backoff(self) -> None:
+        self._backoff = None
+        self._update_accepting()
+
+    async def _setup_client(self, sock: socket.socket, addr: Any, listener: Listener,
+                            anonymous: bool) -> None:
         sock.setblocking(False)
         try:
             if listener.kind == "unix":
@@ -267,12 +349,12 @@ class RPCServer:
                 reader, writer = await asyncio.open_connection(sock=sock, limit=READER_LIMIT)
         except BaseException:
             sock.close()
-            self._forget(opened=False)
+            self._forget(anonymous=anonymous)
             raise
         peer = _peer_name(sock, addr, listener)
-        client = ServerClient(
-            self, reader, writer, client_id=next(self._ids), peer=peer, readonly=listener.readonly
-        )
+        client = ServerClient(self, reader, writer, client_id=next(self._ids), peer=peer,
+                              readonly=listener.readonly,
+                              authenticated=not anonymous)  # fmt: skip
         self._clients[client.id] = client
         self._meta[client.id] = _client_meta(sock, addr, listener)
         client.log.info("connected via %s %s", listener.kind, listener.address)
@@ -282,7 +364,7 @@ class RPCServer:
     def program_for(self, prog: int, vers: int) -> Program | None:
         return self._programs.get((prog, vers))
 
-    def client_opened(self, client: ServerClient) -> None:
+    def client_authenticated(self, client: ServerClient) -> None:
         self._nanonymous -= 1
         self._update_accepting()
 
@@ -290,15 +372,15 @@ class RPCServer:
         self._meta.pop(client.id, None)
         if self._clients.pop(client.id, None) is not None:
             client.log.info("disconnected: %s", client.close_reason)
-            self._forget(opened=client.opened)
+            self._forget(anonymous=client.anonymous)
             # Let the dispatcher drop per-client state (event callbacks, ...).
             on_close = getattr(self.dispatcher, "client_closed", None)
             if on_close is not None:
                 on_close(client)
 
-    def _forget(self, *, opened: bool) -> None:
+    def _forget(self, *, anonymous: bool) -> None:
         self._nclients -= 1
-        if not opened:
+        if anonymous:
             self._nanonymous -= 1
         if self._running:
             self._update_accepting()
@@ -332,17 +414,15 @@ class RPCServer:
 
     # -- global request cap ------------------------------------------------------------------
     async def acquire_request(self, *, priority: bool) -> None:
-        if not priority:
-            async with self._requests_cond:
-                await self._requests_cond.wait_for(
-                    lambda: self._requests < self.limits.max_requests
-                )
+        while not priority and self._requests >= self.limits.max_requests:
+            self._request_room.clear()
+            await self._request_room.wait()
         self._requests += 1
 
-    async def release_request(self) -> None:
-        async with self._requests_cond:
-            self._requests -= 1
-            self._requests_cond.notify_all()
+    def release_request(self) -> None:
+        """Never waits: a worker calls it as soon as the reply is queued."""
+        self._requests -= 1
+        self._request_room.set()
 
     @property
     def requests_in_flight(self) -> int:
@@ -398,8 +478,7 @@ class RPCServer:
             self.limits.max_requests = max_requests
         if max_client_requests is not None:
             self.limits.max_client_requests = max_client_requests
-        async with self._requests_cond:
-            self._requests_cond.notify_all()
+        self._request_room.set()
         for client in self.clients:
             await client.limits_changed()
 

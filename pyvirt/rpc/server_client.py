@@ -11,9 +11,26 @@ Reader path of one incoming packet (in order, nothing here waits on a worker):
    does not read: the client's socket is paused, which is libvirt's behaviour too;
 5. submit to the worker pool, priority procedures flagged as such.
 
-The worker runs ``Dispatcher.dispatch(client, spec, args)`` and sends the REPLY with the
+The worker runs ``Dispatcher.dispatch(client, spec, args)`` and queues the REPLY with the
 caller's serial, or the error as ``remote_error``.  Replies go through the connection's
 writer task, so concurrent replies never interleave.
+
+A client that does not read its replies costs the others nothing (libvirt's accounting):
+
+* the worker **never waits** for the client: it queues the reply
+  (:meth:`~pyvirt.rpc.connection.PacketConnection.send_nowait`), gives back the global
+  request slot and takes the next job;
+* the call's per-client slot is given back only once its reply has left the queue, so a
+  client that stops reading stops being read after ``max_client_requests`` replies: it
+  holds that many replies, no worker and no global slot;
+* events and keepalive packets are not slotted; the queue's byte bound
+  (``max_client_queued_bytes``) drops a client that lets them pile up;
+* silence while a client's slots are held by its own unread replies is the client's fault:
+  keepalive (when the client enabled it) closes it.
+
+Per-client caps with an error reply (the connection stays open): ``max_client_streams``
+open data streams here, ``max_client_event_callbacks`` in the daemon's event code
+(:attr:`ClientContext.limits`).
 """
 
 from __future__ import annotations
@@ -23,6 +40,7 @@ import contextvars
 import dataclasses
 import functools
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from pyvirt.errors import ErrorCode, ErrorDomain, InternalError, RPCError, VirtError
@@ -41,7 +59,7 @@ from pyvirt.rpc.stream import Stream
 from pyvirt.rpc.xdr import XDRError
 
 if TYPE_CHECKING:
-    from pyvirt.rpc.server import RPCServer
+    from pyvirt.rpc.server import RPCServer, ServerLimits
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +78,10 @@ class ClientContext(Protocol):
     id: int
     peer: str
     readonly: bool
+    #: the server's per-client caps (the daemon enforces the ones it owns)
+    @property
+    def limits(self) -> ServerLimits: ...
+
     #: free storage for the daemon (its hypervisor connection, event callbacks, ...)
     user_data: dict[str, Any]
 
@@ -70,7 +92,7 @@ class ClientContext(Protocol):
     def authenticated(self) -> bool: ...
 
     def mark_opened(self) -> None:
-        """CONNECT_OPEN succeeded: the client stops counting as anonymous."""
+        """CONNECT_OPEN succeeded: the handshake timeout no longer applies."""
 
     def set_authenticated(self, value: bool = True) -> None: ...
 
@@ -113,12 +135,15 @@ class ServerClient(PacketConnection):
         client_id: int,
         peer: str,
         readonly: bool,
+        authenticated: bool = True,
     ) -> None:
         super().__init__(
             reader,
             writer,
             name=f"client {client_id} {peer}{' ro' if readonly else ''}",
             max_packet=server.limits.max_packet,
+            max_queued_bytes=server.limits.max_client_queued_bytes,
+            max_stream_queued_bytes=server.limits.max_stream_queued_bytes,
             logger=log,
         )
         self.id = client_id
@@ -128,9 +153,15 @@ class ServerClient(PacketConnection):
         self.keepalive = Keepalive(self)
         self._server = server
         self._opened = False
-        self._authenticated = True  # no auth scheme yet: every listener is auth "none"
-        self._inflight = 0
-        self._slot = asyncio.Condition()
+        #: a listener with auth "none" authenticates by definition (libvirt's rule)
+        self._authenticated = authenticated
+        #: counted by the server among the anonymous clients until authenticated
+        self.anonymous = not authenticated
+        self._inflight = 0  # admitted calls whose reply has not left the queue
+        self._running = 0  # admitted calls whose reply is not queued yet
+        self._slot_free = asyncio.Event()
+        self._waiting_slot = False
+        self._stream_cap_logged = False
         self._handshake_timer: asyncio.TimerHandle | None = None
 
     # -- ClientContext -----------------------------------------------------------------------
@@ -146,14 +177,20 @@ class ServerClient(PacketConnection):
     def inflight(self) -> int:
         return self._inflight
 
+    @property
+    def limits(self) -> ServerLimits:
+        return self._server.limits
+
     def mark_opened(self) -> None:
         if not self._opened:
             self._opened = True
             self._cancel_handshake_timer()
-            self._server.client_opened(self)
 
     def set_authenticated(self, value: bool = True) -> None:
         self._authenticated = value
+        if value and self.anonymous:
+            self.anonymous = False
+            self._server.client_authenticated(self)
 
     def enable_keepalive(self) -> bool:
         limits = self._server.limits
@@ -163,17 +200,23 @@ class ServerClient(PacketConnection):
             self.keepalive.start(
                 limits.keepalive_interval,
                 limits.keepalive_count,
-                paused=lambda: self.is_reading_paused,
+                paused=self._silence_is_ours,
             )
         return True
 
+    def _silence_is_ours(self) -> bool:
+        """True while the client's silence is caused by us: a cap, a full stream queue, or a
+        call of its own still running; not while only its unread replies hold its slots."""
+        return self.is_reading_paused and not (self._waiting_slot and self._running == 0)
+
     async def send_message(self, program: Program, proc: int, body: Any) -> None:
+        """Queue an event MESSAGE; never waits (a client over its bound is dropped)."""
         spec = program.get(proc)
         if spec is None or not spec.is_message:
             raise ValueError(f"{program.name}: {proc} is not a message procedure")
         header = Header(program.number, program.version, proc, MessageType.MESSAGE,
                         EVENT_SERIAL, MessageStatus.OK)  # fmt: skip
-        await self.send(header, spec.encode_args(body))
+        self.send_nowait(header, spec.encode_args(body))
 
     def stream(self) -> Stream:
         stream = _current_stream.get()
@@ -224,7 +267,7 @@ class ServerClient(PacketConnection):
             call = self._prepare_call(packet)
         except VirtError as exc:
             self.log.debug("refusing call %s: %s", packet.header.describe(), exc.message)
-            await self._send_reply(packet.header.reply(MessageStatus.ERROR), error_to_wire(exc))
+            self._queue_reply(packet.header.reply(MessageStatus.ERROR), error_to_wire(exc))
             return
         await self._admit(call.spec)
         await self._server.pool.submit(
@@ -250,8 +293,18 @@ class ServerClient(PacketConnection):
         if spec.stream is not None:
             if (hdr.prog, hdr.proc, hdr.serial) in self.streams:
                 raise RPCError(f"a stream is already open for serial {hdr.serial}")
+            self._check_stream_cap()
             stream = self.new_stream(hdr)
         return _Call(hdr, program, spec, args, stream)
+
+    def _check_stream_cap(self) -> None:
+        cap = self.limits.max_client_streams
+        if len(self.streams) < cap:
+            return
+        if not self._stream_cap_logged:
+            self._stream_cap_logged = True  # once per client
+            self.log.warning("refusing streams beyond max_client_streams (%d)", cap)
+        raise RPCError(f"Too many open streams on this connection (max_client_streams = {cap})")
 
     def _decode_args(self, spec: ProcSpec, hdr: Header, payload: bytes) -> Any:
         if hdr.type == MessageType.CALL_WITH_FDS:
@@ -267,36 +320,45 @@ class ServerClient(PacketConnection):
 
     # -- caps --------------------------------------------------------------------------------
     async def _admit(self, spec: ProcSpec) -> None:
-        """Take a per-client and a global request slot; reading pauses while waiting."""
-        with self.reading_paused():
-            async with self._slot:
-                await self._slot.wait_for(
-                    lambda: self._inflight < self._server.limits.max_client_requests
-                )
-                self._inflight += 1
+        """Take a per-client and a global request slot; the reader waits meanwhile."""
+        while self._inflight >= self._server.limits.max_client_requests:
+            self._slot_free.clear()
+            self._waiting_slot = True
             try:
+                with self.reading_paused():
+                    await self._slot_free.wait()
+            finally:
+                self._waiting_slot = False
+        self._inflight += 1
+        self._running += 1
+        try:
+            with self.reading_paused():
                 await self._server.acquire_request(priority=spec.priority)
-            except BaseException:
-                await self._release_slot()
-                raise
+        except BaseException:
+            self._running -= 1
+            self._release_slot()
+            raise
 
-    async def _release_slot(self) -> None:
-        async with self._slot:
-            self._inflight -= 1
-            self._slot.notify_all()
+    def _release_slot(self) -> None:
+        self._inflight -= 1
+        self._slot_free.set()
 
     async def limits_changed(self) -> None:
-        async with self._slot:
-            self._slot.notify_all()
+        self._slot_free.set()
 
     # -- running a call ----------------------------------------------------------------------
     async def _run_call(self, call: _Call) -> None:
+        """Dispatch, queue the reply, free the worker and the global slot at once; the
+        per-client slot follows the reply out of the queue."""
+        reply: tuple[Header, bytes] | None = None
         try:
             status, payload = await self._dispatch(call)
-            await self._send_reply(call.header.reply(status), payload)
+            reply = (call.header.reply(status), payload)
         finally:
-            await self._server.release_request()
-            await self._release_slot()
+            self._running -= 1
+            self._server.release_request()
+            if reply is None or not self._queue_reply(*reply, on_written=self._release_slot):
+                self._release_slot()
 
     async def _dispatch(self, call: _Call) -> tuple[int, bytes]:
         token = _current_stream.set(call.stream)
@@ -326,11 +388,15 @@ class ServerClient(PacketConnection):
             # the dispatcher returned a value that does not fit the wire type: our bug
             raise InternalError(f"cannot encode the {spec.name} reply: {exc}") from None
 
-    async def _send_reply(self, header: Header, payload: bytes) -> None:
+    def _queue_reply(self, header: Header, payload: bytes,
+                     on_written: Callable[[], None] | None = None) -> bool:
+        """Queue a reply without waiting; False when the client is gone (or was dropped)."""
         try:
-            await self.send(header, payload)
+            self.send_nowait(header, payload, on_written)
         except ConnectionClosedError:
             self.log.debug("client gone, dropping reply %s", header.describe())
+            return False
+        return True
 
 
 def _read_only_error(spec: ProcSpec) -> VirtError:

@@ -16,9 +16,17 @@ One class serves both sides and both directions.  :meth:`Stream.finish` sends OK
 waits for the peer's OK unless the peer already sent its own (end of data); receiving
 an OK we did not ask for is end-of-data for :meth:`Stream.recv`.
 
-Flow control is TCP backpressure only: the incoming queue is bounded, and while it is
-full the connection's reader stops reading the socket.  Data is moved as whole chunks
-(memoryview slices on the way out), never byte by byte.
+Flow control is TCP backpressure only: the incoming queue is bounded in **bytes**
+(``max_queued_bytes``, pyvirtd's ``max_stream_queued_bytes``), and while it is full the
+connection's reader stops reading the socket.  A chunk that finds the queue empty is always
+taken, so any packet size works and the buffer never holds more than
+``max(max_queued_bytes, one packet)``; a peer sending 32 MiB packets no longer gets
+16 of them buffered.  Data is moved as whole chunks (memoryview slices on the way out),
+never byte by byte.
+
+Control packets (finish, abort, errors, confirmations) use the connection's
+non-waiting :meth:`~pyvirt.rpc.connection.PacketConnection.send_nowait`; only data waits
+for room in the send queue.
 """
 
 from __future__ import annotations
@@ -40,8 +48,9 @@ log = logging.getLogger(__name__)
 
 StreamKey = tuple[int, int, int]  # (prog, proc, serial)
 
-#: chunks buffered per incoming stream before the reader stops reading the socket
-QUEUE_CHUNKS = 16
+#: bytes buffered per incoming stream before the reader stops reading the socket: 16 of
+#: the 256 KiB packets libvirt and pyvirt send, enough to keep a tunnelled migration busy
+STREAM_QUEUED_BYTES = 4 << 20
 ABORT_CONFIRM_TIMEOUT = 5.0
 _WAKE = b""  # queued to wake a blocked recv() after an error; never returned as data
 _EOF = None
@@ -66,7 +75,7 @@ class Stream:
         *,
         on_done: Callable[[Stream], None],
         chunk_size: int = STREAM_CHUNK_MAX,
-        queue_chunks: int = QUEUE_CHUNKS,
+        max_queued_bytes: int = STREAM_QUEUED_BYTES,
     ) -> None:
         self.key: StreamKey = (call.prog, call.proc, call.serial)
         self.reply: Any = None  # client side: the decoded REPLY of the opening call
@@ -74,7 +83,11 @@ class Stream:
         self._call = call
         self._on_done = on_done
         self._chunk_size = chunk_size
-        self._incoming: asyncio.Queue[bytes | None] = asyncio.Queue(queue_chunks)
+        self._incoming: asyncio.Queue[bytes | None] = asyncio.Queue()
+        self._max_queued_bytes = max_queued_bytes
+        self._queued_bytes = 0
+        self._room = asyncio.Event()
+        self._room.set()
         self._error: VirtError | None = None
         self._peer_finished = False
         self._local_finished = False
@@ -108,7 +121,7 @@ class Stream:
         """End of our data: send OK, then wait for the peer's confirmation (or error)."""
         self._check_open("finish")
         self._local_finished = True
-        await self._conn.send(self._header(MessageStatus.OK))
+        self._conn.send_nowait(self._header(MessageStatus.OK))
         if self._peer_finished:
             self._done()
             return
@@ -120,7 +133,7 @@ class Stream:
             return
         self._local_finished = True
         try:
-            await self._conn.send(self._header(MessageStatus.ERROR))
+            self._conn.send_nowait(self._header(MessageStatus.ERROR))
             await asyncio.wait_for(asyncio.shield(self._confirm), ABORT_CONFIRM_TIMEOUT)
         except (TimeoutError, VirtError) as exc:
             log.debug("%r: abort not confirmed: %s", self, exc)
@@ -132,7 +145,7 @@ class Stream:
         if self.closed:
             return
         with contextlib.suppress(VirtError):
-            await self._conn.send(self._header(MessageStatus.ERROR), error_to_wire(exc))
+            self._conn.send_nowait(self._header(MessageStatus.ERROR), error_to_wire(exc))
         self._fail(exc if isinstance(exc, VirtError) else StreamError(f"stream failed: {exc}"))
 
     # -- incoming ----------------------------------------------------------------------------
@@ -147,6 +160,8 @@ class Stream:
             if item is _EOF:
                 self._eof_seen = True
             elif item is not _WAKE:  # the wake token only follows an error: loop to raise it
+                self._queued_bytes -= len(item)
+                self._room.set()
                 return item
 
     async def on_packet(self, packet: Packet) -> None:
@@ -181,12 +196,26 @@ class Stream:
         else:
             # the peer aborted: confirm, as libvirtd does, then fail local users
             with contextlib.suppress(VirtError):
-                await self._conn.send(self._header(MessageStatus.OK))
+                self._conn.send_nowait(self._header(MessageStatus.OK))
             self._fail(StreamAbortedError("stream aborted by peer"))
 
     async def _put(self, item: bytes | None) -> None:
-        with self._conn.reading_paused():
-            await self._incoming.put(item)
+        size = len(item) if item is not None else 0
+        if self._queued_bytes and self._queued_bytes + size > self._max_queued_bytes:
+            with self._conn.reading_paused():
+                while self._queued_bytes and \
+                        self._queued_bytes + size > self._max_queued_bytes:
+                    self._room.clear()
+                    await self._room.wait()
+        if self.closed:
+            return
+        self._queued_bytes += size
+        self._incoming.put_nowait(item)
+
+    @property
+    def queued_bytes(self) -> int:
+        """Incoming bytes buffered and not yet taken by :meth:`recv`."""
+        return self._queued_bytes
 
     # -- ending ------------------------------------------------------------------------------
     def _check_open(self, what: str) -> None:
@@ -208,6 +237,8 @@ class Stream:
         # wake a blocked recv(); unblock a reader stuck on a full queue
         while not self._incoming.empty():
             self._incoming.get_nowait()
+        self._queued_bytes = 0
+        self._room.set()
         self._incoming.put_nowait(_WAKE)
         self._close()
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import shutil
 import socket
-from collections.abc import AsyncIterator, Awaitable
+import tempfile
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -15,7 +17,13 @@ from pyvirt.errors import VirtError
 from pyvirt.rpc.client import RPCClient
 from pyvirt.rpc.connection import ConnectionClosedError
 from pyvirt.rpc.keepalive_protocol import KeepaliveProc, keepalive_header
-from pyvirt.rpc.packet import KEEPALIVE_PROGRAM
+from pyvirt.rpc.packet import (
+    KEEPALIVE_PROGRAM,
+    Header,
+    MessageStatus,
+    MessageType,
+    encode_packet,
+)
 from pyvirt.rpc.server import RPCServer, ServerLimits
 from pyvirt.rpc.testing import TEST, TEST_PROGRAM, RawPeer, TestDispatcher, TestProc, running_server
 
@@ -55,6 +63,14 @@ async def done(aw: Awaitable[Any]) -> Any:
     return await asyncio.wait_for(aw, TIMEOUT)
 
 
+async def until(predicate: Callable[[], bool]) -> None:
+    async def poll() -> None:
+        while not predicate():
+            await asyncio.sleep(0.01)
+
+    await done(poll())
+
+
 # -- clients ------------------------------------------------------------------------------------
 async def test_max_clients_holds_extra_connections_in_the_backlog() -> None:
     async with running_server(ServerLimits(max_clients=1, max_anonymous_clients=1)) as (
@@ -89,7 +105,7 @@ async def test_max_clients_raised_at_run_time() -> None:
             "nclients_max": 2,
             "nclients": 2,
             "nclients_unauth_max": 2,
-            "nclients_unauth": 2,
+            "nclients_unauth": 0,  # auth "none": authenticated by definition
         }
 
 
@@ -126,16 +142,48 @@ async def test_max_queued_clients_is_the_listen_backlog(backlog: int, max_accept
             await first.close()
 
 
-async def test_max_anonymous_clients() -> None:
+@contextlib.asynccontextmanager
+async def two_listeners(limits: ServerLimits) -> AsyncIterator[tuple[RPCServer, str, str]]:
+    """A server with an authenticating listener ("sasl": its clients start anonymous) and
+    an auth "none" one; yields (server, authenticating path, none path)."""
+    tmpdir = tempfile.mkdtemp(prefix="pyvirt-rpc-")
+    server = RPCServer(TestDispatcher(), (TEST,), limits)
+    try:
+        await server.listen_unix(f"{tmpdir}/auth", auth="sasl")
+        await server.listen_unix(f"{tmpdir}/none")
+        await server.start()
+        yield server, f"{tmpdir}/auth", f"{tmpdir}/none"
+    finally:
+        await server.close()
+        shutil.rmtree(tmpdir, ignore_errors=True)
+
+
+async def test_max_anonymous_clients_holds_off_only_authenticating_listeners() -> None:
     limits = ServerLimits(max_clients=10, max_anonymous_clients=1)
-    async with running_server(limits) as (server, path), clients(path, 2) as (first, second):
-        assert await done(first.call(TEST, TestProc.ECHO, "anon")) == "anon"
+    async with two_listeners(limits) as (server, auth_path, none_path), \
+            clients(auth_path, 2) as (first, second), clients(none_path, 3) as others:
+        with pytest.raises(VirtError, match="authentication required"):
+            await done(first.call(TEST, TestProc.ECHO, "anon"))  # accepted, anonymous
         waiting = echo(second)
         assert await still_pending(waiting)
         assert server.clients_info()["nclients_unauth"] == 1
-        await done(first.call(TEST, TestProc.OPEN))  # first is no longer anonymous
-        assert await done(waiting) == "x"
-        assert server.clients_info()["nclients_unauth"] == 1  # second, not opened yet
+        # the auth "none" listener keeps accepting, and its clients never count (libvirt
+        # would stop every listener here: a deliberate deviation)
+        for other in others:
+            assert await done(other.call(TEST, TestProc.ECHO, "none")) == "none"
+        assert server.clients_info()["nclients_unauth"] == 1
+        next(c for c in server.clients if c.anonymous).set_authenticated(True)
+        with pytest.raises(VirtError, match="authentication required"):
+            await done(waiting)  # accepted at last
+        assert server.clients_info()["nclients_unauth"] == 1  # second, not authenticated yet
+
+
+async def test_opening_does_not_matter_on_auth_none_listeners() -> None:
+    limits = ServerLimits(max_clients=10, max_anonymous_clients=1)
+    async with running_server(limits) as (server, path), clients(path, 4) as lurkers:
+        for lurker in lurkers:  # none of them opens
+            assert await done(lurker.call(TEST, TestProc.ECHO, "x")) == "x"
+        assert server.clients_info()["nclients_unauth"] == 0
 
 
 async def test_handshake_timeout_closes_clients_that_never_open() -> None:
@@ -283,10 +331,82 @@ async def test_client_counts_follow_disconnects() -> None:
             await done(a.call(TEST, TestProc.OPEN))
             await done(b.call(TEST, TestProc.ECHO, "x"))
             info = server.clients_info()
-            assert (info["nclients"], info["nclients_unauth"]) == (3, 2)
+            assert (info["nclients"], info["nclients_unauth"]) == (3, 0)
         for _ in range(100):
             if server.clients_info()["nclients"] == 0:
                 break
             await asyncio.sleep(0.01)
         assert server.clients_info()["nclients"] == 0
         assert server.clients_info()["nclients_unauth"] == 0
+
+
+# -- clients that do not read ---------------------------------------------------------------------
+def _echo_packets(count: int, size: int) -> bytes:
+    spec = TEST.procs[TestProc.ECHO]
+    header = Header(TEST_PROGRAM, 1, TestProc.ECHO, MessageType.CALL, 1, MessageStatus.OK)
+    return encode_packet(header, spec.encode_args("x" * size)) * count
+
+
+@contextlib.asynccontextmanager
+async def non_reader(path: str, calls: bytes) -> AsyncIterator[socket.socket]:
+    """A peer that keeps sending ``calls`` and never reads (small receive buffer)."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(path)
+    sock.setblocking(False)
+
+    async def flood() -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                await asyncio.get_running_loop().sock_sendall(sock, calls)
+
+    task = asyncio.create_task(flood())
+    try:
+        yield sock
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        sock.close()
+
+
+async def test_a_client_that_never_reads_holds_no_worker_and_no_global_slot() -> None:
+    limits = ServerLimits(min_workers=2, max_workers=2, prio_workers=0, max_requests=2,
+                          max_client_requests=2)  # fmt: skip
+    async with running_server(limits) as (server, path), \
+            non_reader(path, _echo_packets(8, 60_000)), non_reader(path, _echo_packets(8, 60_000)):
+        await asyncio.sleep(0.5)  # megabytes of replies offered, none read
+        attackers = list(server.clients)
+        assert all(c.inflight == limits.max_client_requests for c in attackers)
+        assert all(c.is_reading_paused for c in attackers)
+        # their slots are held by their own unread replies: silence is their fault
+        assert not any(c._silence_is_ours() for c in attackers)
+        assert server.requests_in_flight == 0
+        info = server.threadpool_info()
+        assert info["freeWorkers"] == info["nWorkers"] == 2
+        async with clients(path, 1) as (polite,):
+            assert await done(polite.call(TEST, TestProc.ECHO, "served")) == "served"
+
+
+async def test_keepalive_closes_a_client_whose_unread_replies_hold_its_slots() -> None:
+    limits = ServerLimits(max_client_requests=1, keepalive_interval=0.1, keepalive_count=1)
+    async with running_server(limits) as (server, path):
+        on = encode_packet(Header(TEST_PROGRAM, 1, TestProc.KEEPALIVE_ON, MessageType.CALL, 1,
+                                  MessageStatus.OK))  # fmt: skip
+        async with non_reader(path, on + _echo_packets(50, 60_000)):
+            await until(lambda: server.clients_info()["nclients"] == 1)
+            await until(lambda: server.clients_info()["nclients"] == 0)  # keepalive timeout
+
+
+async def test_unread_events_over_the_byte_bound_drop_the_client(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    limits = ServerLimits(max_client_queued_bytes=32 * 1024)
+    emit = encode_packet(Header(TEST_PROGRAM, 1, TestProc.EMIT, MessageType.CALL, 1,
+                                MessageStatus.OK), TEST.procs[TestProc.EMIT].encode_args(50_000))
+    async with running_server(limits) as (server, path), non_reader(path, emit) as sock:
+        await until(lambda: server.clients_info()["nclients"] == 1)
+        await until(lambda: server.clients_info()["nclients"] == 0)
+        drops = [r for r in caplog.records if "dropping the connection" in r.getMessage()]
+        assert len(drops) == 1
+        assert "(limit 32768)" in drops[0].getMessage()
+        del sock

@@ -14,7 +14,7 @@ from pyvirt.rpc.client import RPCClient
 from pyvirt.rpc.packet import Header, MessageStatus, MessageType
 from pyvirt.rpc.remote_protocol import REMOTE
 from pyvirt.rpc.remote_types import RemoteErrorXDR
-from pyvirt.rpc.server import RPCServer
+from pyvirt.rpc.server import RPCServer, ServerLimits
 from pyvirt.rpc.stream import StreamAbortedError
 from pyvirt.rpc.testing import TEST, TEST_PROGRAM, RawPeer, TestDispatcher, TestProc, running_server
 
@@ -196,3 +196,57 @@ async def test_second_stream_on_the_same_serial_refused() -> None:
             assert len(server.clients[0].streams) == 1
         finally:
             await peer.close()
+
+
+@pytest.mark.parametrize("packet_size", [64 * 1024, 3 * 1024 * 1024])
+async def test_incoming_buffer_is_bounded_in_bytes(packet_size: int) -> None:
+    limits = ServerLimits(max_stream_queued_bytes=1024 * 1024)
+    async with running_server(limits) as (server, path):
+        disp = server.dispatcher
+        assert isinstance(disp, TestDispatcher)
+        disp.sink_pause.clear()  # the sink takes one chunk, then stops consuming
+        peer = await RawPeer.connect_unix(path)
+        try:
+            await peer.call(TEST_PROGRAM, TestProc.SINK, 1)
+            assert (await peer.recv()) is not None  # the reply: the stream is open
+            header = Header(TEST_PROGRAM, 1, TestProc.SINK, MessageType.STREAM, 1,
+                            MessageStatus.CONTINUE)  # fmt: skip
+            sending = asyncio.create_task(peer.send(header, bytes(packet_size)))
+            more = asyncio.create_task(_send_forever(peer, header, packet_size))
+            conn = server.clients[0]
+            for _ in range(200):
+                if conn.is_reading_paused:
+                    break
+                await asyncio.sleep(0.01)
+            assert conn.is_reading_paused
+            (stream,) = conn.streams.values()
+            # the bound, or one packet when a single packet is larger than the bound
+            assert stream.queued_bytes <= max(1024 * 1024, packet_size)
+            more.cancel()
+            sending.cancel()
+            await asyncio.gather(more, sending, return_exceptions=True)
+        finally:
+            peer.writer.transport.abort()
+            await peer.close()
+
+
+async def _send_forever(peer: RawPeer, header: Header, size: int) -> None:
+    while True:
+        await peer.send(header, bytes(size))
+
+
+async def test_streams_beyond_max_client_streams_are_refused() -> None:
+    async with running_server(ServerLimits(max_client_streams=2)) as (_, path):
+        client = await RPCClient.connect_unix(path, programs=(TEST,))
+        try:
+            streams = [await client.open_stream(TEST, TestProc.SINK) for _ in range(2)]
+            with pytest.raises(VirtError) as info:
+                await client.open_stream(TEST, TestProc.SINK)
+            assert info.value.code == ErrorCode.RPC
+            assert "max_client_streams = 2" in info.value.message
+            await asyncio.wait_for(streams[0].finish(), TIMEOUT)
+            third = await client.open_stream(TEST, TestProc.SINK)  # a place came free
+            await third.abort()
+            await streams[1].abort()
+        finally:
+            await client.close()

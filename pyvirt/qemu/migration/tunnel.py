@@ -7,7 +7,10 @@ moves the bytes between the other end and the RPC stream of PREPARE_TUNNEL3_PARA
 
 This is the one place guest memory passes through Python, so the pumps move big chunks
 with no per-byte work, and backpressure is the sockets' own (a full RPC send queue stops
-the source pump, a slow destination QEMU stops the destination pump).
+the source pump, a slow destination QEMU stops the destination pump).  What waits in
+between is bounded in bytes, not chunks: the source's send queue (1 MiB), the
+destination stream's buffer (``max_stream_queued_bytes``, 4 MiB: sixteen of the 256 KiB
+packets the source sends), then the destination stops reading the connection.
 """
 
 from __future__ import annotations
