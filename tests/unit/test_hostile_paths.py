@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import socket
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -18,6 +19,8 @@ from pyvirt.conf.domain_validate import validate_domain
 from pyvirt.constants import MigrateFlags
 from pyvirt.errors import ArgumentUnsupportedError, InvalidArgError, VirtError, XMLError
 from pyvirt.qemu.migration import images, uris
+from pyvirt.qemu.migration.cookie import MigrationCookie
+from pyvirt.qemu.migration.cookie_io import read_cookie
 from pyvirt.qemu.migration.params import Side, parse_request
 from pyvirt.qemu.settings import DriverSettings, short_name
 from pyvirt.rpc.remote_types import TypedParam
@@ -229,3 +232,14 @@ def test_image_specs_refused(path: str, backing: str | None, fmt: str, words: st
                             backing_format="raw" if backing else None)
     with pytest.raises(InvalidArgError, match=words):
         images.check_spec(spec)
+
+
+# -- the peer's cookie ------------------------------------------------------------------------
+@pytest.mark.parametrize("name", [DNAME_ATTACK, "..", "a\x01b"])
+async def test_cookie_names_checked(name: str) -> None:
+    cookie = MigrationCookie(name=name, uuid="8b3f2e94-7c1d-4a5e-9f60-2d4c8a1b3e77",
+                             hostname="peer", hostuuid="3e1c9a57-2b8d-4f06-a1c4-7d5e9b2f8a13")
+    driver = SimpleNamespace(settings=SimpleNamespace(
+        host_uuid="00000000-0000-4000-8000-000000000000"))
+    with pytest.raises(VirtError, match=r"name|malformed"):
+        await read_cookie(driver, cookie.to_bytes())  # type: ignore[arg-type]

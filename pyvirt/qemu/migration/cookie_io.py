@@ -7,6 +7,7 @@ import dataclasses
 import socket
 from typing import TYPE_CHECKING
 
+from pyvirt.conf.domain_validate import validate_domain_name
 from pyvirt.qemu.migration.cookie import (
     CookieNBD,
     CookieStatistics,
@@ -48,6 +49,9 @@ async def read_cookie(driver: QemuDriver, data: bytes, *, name: str | None = Non
         cookie = MigrationCookie.from_bytes(data)
     if cookie is None:
         return None
+    # the cookie's name may stand in for the domain's (Finish without destination_name):
+    # checked like every name from outside (docs/security.md)
+    validate_domain_name(cookie.name)
     check_peer(cookie, expected_name=name or cookie.name, expected_uuid=uuid or cookie.uuid,
                local_host_uuid=driver.settings.host_uuid)
     return cookie
