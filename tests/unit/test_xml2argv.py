@@ -206,7 +206,14 @@ def _relocate(dom: DomainDef, tmp: Path) -> None:
 def _qmp_quit(path: str, timeout: float = 10.0) -> None:
     with socket.socket(socket.AF_UNIX) as s:
         s.settimeout(timeout)
-        s.connect(path)
+        deadline = time.monotonic() + timeout
+        while True:  # the socket file exists from bind(), QEMU listens a moment later
+            try:
+                s.connect(path)
+                break
+            except ConnectionRefusedError:
+                assert time.monotonic() < deadline, "QEMU monitor never listened"
+                time.sleep(0.02)
         reader = s.makefile("rb")
         assert b"QMP" in reader.readline()
         for cmd in ("qmp_capabilities", "quit"):
