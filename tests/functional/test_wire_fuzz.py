@@ -31,7 +31,7 @@ from tests.fuzz.scenarios import callable_procs
 
 #: the short run's budget: with start-up and checks the test takes about a minute
 SHORT_RUN_S = 45.0
-SHORT_RUN_MIN_FRAMES = 15
+SHORT_RUN_MIN_FRAMES = 40
 ALL_PROCS = callable_procs(REMOTE, QEMU, ADMIN)
 
 

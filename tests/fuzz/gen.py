@@ -312,11 +312,29 @@ class ArgGen:
             else:  # really the maximum, or one over (only for small maximums)
                 count = min(t.max_count, 4096) + self.rng.randint(0, 1)
                 out += word(count)
+        elif t.item is TypedParamXDR and "migrate" in hint and self.rng.random() < 0.5:
+            self._migration_request(out)
+            return
         else:
             count = self.rng.choice((0, 1, 1, 2, 3))
             out += word(count)
         for index in range(count):
             self._emit(t.item, out, f"{hint}[{index}]")
+
+    def _migration_request(self, out: bytearray) -> None:
+        """The parameters a real migration sends (a definition to start, often a new
+        name, sometimes a URI): so that hostile names and URIs get past the parameter
+        checks to where the destination would create objects and files."""
+        params = [("destination_xml", self.corpus.domain_xml(
+            self.rng, self._domain_name(self.rng.random() < 0.5), self._uuid_text()))]
+        if self.rng.random() < 0.6:
+            params.append(("destination_name", self._domain_name(True)))
+        if self.rng.random() < 0.4:
+            params.append(("migrate_uri", self.rng.choice(self.corpus.uris)))
+        out += word(len(params))
+        for key, value in params:
+            out += word(len(key)) + pad(key.encode()) + word(int(TypedParamType.STRING))
+            out += word(len(value)) + pad(value)
 
     def _fixed_array(self, t: FixedArray[Any], out: bytearray, hint: str) -> None:
         for index in range(t.count):

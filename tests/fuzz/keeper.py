@@ -18,6 +18,7 @@ from typing import Any
 from pyvirt.errors import VirtError
 from pyvirt.rpc.admin_protocol import ADMIN, AdminProc, AdminServer
 from pyvirt.rpc.client import RPCClient
+from pyvirt.rpc.connection import ConnectionClosedError
 from pyvirt.rpc.remote_protocol import REMOTE, RemoteProc
 from pyvirt.rpc.remote_types import NonnullDomain, TypedParam
 from tests.fuzz.gen import DomainRef, World
@@ -117,26 +118,30 @@ class Keeper:
         return self._admin
 
     async def restore_admin(self) -> None:
-        """Put back the thread-pool and client limits read at start, where they changed."""
-        try:
-            admin = await self._admin_client()
-            for server, defaults in self._admin_defaults.items():
-                now = await _admin_settings(admin, server)
-                srv = AdminServer(server)
-                pool = [TypedParam.of_uint(k, defaults[k]) for k in _THREADPOOL_SET
-                        if now[k] != defaults[k]]
-                if pool:
-                    await admin.call(ADMIN, AP.SERVER_SET_THREADPOOL_PARAMETERS,
-                                     {"srv": srv, "params": pool, "flags": 0},
+        """Put back the thread-pool and client limits read at start, where they changed.
+        A fuzzed CLIENT_CLOSE may have closed this connection: it is reopened once."""
+        for attempt in range(2):
+            try:
+                await self._restore_admin(await self._admin_client())
+                return
+            except ConnectionClosedError as exc:
+                if attempt:
+                    self.errors.append(f"restoring admin limits: {exc}")
+            except (VirtError, OSError, TimeoutError) as exc:
+                self.errors.append(f"restoring admin limits: {exc}")
+                return
+
+    async def _restore_admin(self, admin: RPCClient) -> None:
+        for server, defaults in self._admin_defaults.items():
+            now = await _admin_settings(admin, server)
+            srv = AdminServer(server)
+            for proc, keys in ((AP.SERVER_SET_THREADPOOL_PARAMETERS, _THREADPOOL_SET),
+                               (AP.SERVER_SET_CLIENT_LIMITS, _LIMITS_SET)):
+                changed = [TypedParam.of_uint(k, defaults[k]) for k in keys
+                           if now[k] != defaults[k]]
+                if changed:
+                    await admin.call(ADMIN, proc, {"srv": srv, "params": changed, "flags": 0},
                                      timeout=CALL_TIMEOUT)
-                limits = [TypedParam.of_uint(k, defaults[k]) for k in _LIMITS_SET
-                          if now[k] != defaults[k]]
-                if limits:
-                    await admin.call(ADMIN, AP.SERVER_SET_CLIENT_LIMITS,
-                                     {"srv": srv, "params": limits, "flags": 0},
-                                     timeout=CALL_TIMEOUT)
-        except (VirtError, OSError, TimeoutError) as exc:
-            self.errors.append(f"restoring admin limits: {exc}")
 
     def _note(self, stats: Stats | None, what: str) -> None:
         if stats is not None:
