@@ -67,11 +67,13 @@ def test_boundary_and_mutated_frames_fail_cleanly() -> None:
     assert outcomes["decoded"] and outcomes["refused"]
 
 
-def test_wire_fuzz_short_run() -> None:
+def test_wire_fuzz_short_run(tmp_path: Path) -> None:
     seed_text = os.environ.get("FUZZ_SEED", "").strip()
     seed = int(seed_text) if seed_text else random.SystemRandom().randrange(1 << 32)
+    # failing frames and the daemon's logs land in pytest's own (rotated) temporary tree
     report = run_fuzz(FuzzConfig(seconds=SHORT_RUN_S, seed=seed,
-                                 min_frames=SHORT_RUN_MIN_FRAMES, warmup=8.0))
+                                 min_frames=SHORT_RUN_MIN_FRAMES, warmup=8.0,
+                                 dump_dir=tmp_path / "fuzz-failure"))
     print(report.text())  # shown by pytest when the test fails
     assert report.ok, "\n".join(report.summary())
 
