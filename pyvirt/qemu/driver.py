@@ -226,7 +226,9 @@ class QemuDriver:
         """Start a defined domain (virDomainCreateWithFlags)."""
         async with obj.job_lock("start", self.settings.job_wait_s):
             obj.require_inactive()
-            assert obj.config is not None
+            if obj.config is None:
+                # a transient domain destroyed while this call waited for the lock: gone
+                raise NoDomainError.by_uuid(obj.uuid)
             await self.runner.start(obj, obj.config,
                                     paused=bool(flags & CreateFlags.START_PAUSED))
 

@@ -27,6 +27,7 @@ from pyvirt.constants import (
 from pyvirt.errors import (
     ErrorCode,
     InternalError,
+    NoDomainError,
     OperationFailedError,
     OperationInvalidError,
     OperationTimeoutError,
@@ -283,6 +284,18 @@ async def test_destroy_escalates_to_sigkill(drivers: DriverFactory, short_tmp: P
     assert process is not None
     await driver.destroy(obj)
     assert not process.alive()
+
+
+async def test_create_racing_destroy_of_a_transient_domain(drivers: DriverFactory,
+                                                          short_tmp: Path) -> None:
+    # found by the wire fuzzer: CREATE waited for the lock DESTROY held, then found the
+    # transient domain gone (no definition) and failed an assertion
+    driver = await fake_driver(drivers, short_tmp)
+    obj = await driver.create_xml(domain_xml())
+    results = await asyncio.gather(driver.destroy(obj), driver.create(obj),
+                                   return_exceptions=True)
+    assert results[0] is None
+    assert isinstance(results[1], NoDomainError), results[1]
 
 
 async def test_reattach_after_driver_restart(drivers: DriverFactory, short_tmp: Path) -> None:
