@@ -117,14 +117,17 @@ class Monitor:
     async def close(self) -> None:
         """Disconnect without reporting EOF (the driver is letting go, not QEMU dying)."""
         self._closing = True
+        # Disconnect first, then stop the watchers: cancelling the EOF watcher while it is
+        # inside qemu.qmp's disconnect() would leave the library's gathered reader/writer
+        # failure unretrieved ("_GatheringFuture exception was never retrieved").
+        with contextlib.suppress(QMPError, OSError, EOFError, Exception):
+            await self._qmp.disconnect()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self._tasks.clear()
-        with contextlib.suppress(QMPError, OSError, EOFError, Exception):
-            await self._qmp.disconnect()
 
     async def _pump_events(self) -> None:
         async for message in self._qmp.events:

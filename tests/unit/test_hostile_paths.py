@@ -59,6 +59,7 @@ def test_tcp_uris_accepted_and_rebuilt(uri: str, qemu: str) -> None:
     ("tcp://bad_host!:1", InvalidArgError, "invalid host"),
     ("unix:relative/sock", InvalidArgError, "not an absolute, normalized path"),
     ("unix:///run/../etc/passwd", InvalidArgError, "not an absolute, normalized path"),
+    ("unix:////run/x.sock", InvalidArgError, "not an absolute, normalized path"),
     ("unix:///run/x\nsock", InvalidArgError, "control characters"),
     ("tcp://h\t:1", InvalidArgError, "control characters"),
     (f"unix:///{'a' * 120}", InvalidArgError, "longer than 107 bytes"),

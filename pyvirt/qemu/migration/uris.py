@@ -95,7 +95,8 @@ def check_port(text: str, uri: str) -> int:
 
 def check_socket_path(path: str, what: str) -> str:
     """Absolute, normalized, short enough for sun_path, not an existing non-socket file."""
-    if not path.startswith("/") or os.path.normpath(path) != path or "\0" in path \
+    if not path.startswith("/") or path.startswith("//") or os.path.normpath(path) != path \
+            or "\0" in path \
             or any(ord(c) < 0x20 for c in path):
         raise InvalidArgError(f"{what}: '{shown(path)}' is not an absolute, normalized path")
     if len(path.encode()) > UNIX_PATH_MAX:
