@@ -220,8 +220,12 @@ class ServerClient(PacketConnection):
 
     def stream(self) -> Stream:
         stream = _current_stream.get()
-        if stream is None or self.streams.get(stream.key) is not stream:
+        if stream is None:
             raise RuntimeError("no data stream belongs to the call being dispatched")
+        if self.streams.get(stream.key) is not stream:
+            # closed before the call ran (the peer aborted it, the connection went):
+            # the caller's error, reported as such (a VirtError), not an internal one
+            stream.check_open("use")
         return stream
 
     # -- lifecycle ---------------------------------------------------------------------------

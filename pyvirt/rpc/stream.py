@@ -107,7 +107,7 @@ class Stream:
     # -- outgoing ----------------------------------------------------------------------------
     async def send(self, data: bytes | bytearray | memoryview) -> None:
         """Send data; waits while the connection's send queue is full (backpressure)."""
-        self._check_open("send")
+        self.check_open("send")
         if self._local_finished:
             raise StreamError("stream already finished")
         view = memoryview(data).cast("B")
@@ -119,7 +119,7 @@ class Stream:
 
     async def finish(self) -> None:
         """End of our data: send OK, then wait for the peer's confirmation (or error)."""
-        self._check_open("finish")
+        self.check_open("finish")
         self._local_finished = True
         self._conn.send_nowait(self._header(MessageStatus.OK))
         if self._peer_finished:
@@ -218,7 +218,8 @@ class Stream:
         return self._queued_bytes
 
     # -- ending ------------------------------------------------------------------------------
-    def _check_open(self, what: str) -> None:
+    def check_open(self, what: str) -> None:
+        """Raise why the stream cannot be used (its error, or closed) if it cannot."""
         if self._error is not None:
             raise self._error
         if self.closed:

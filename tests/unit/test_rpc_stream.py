@@ -250,3 +250,33 @@ async def test_streams_beyond_max_client_streams_are_refused() -> None:
             await streams[1].abort()
         finally:
             await client.close()
+
+
+async def test_stream_aborted_before_its_call_runs_is_the_callers_error() -> None:
+    # found by the wire fuzzer: the call waited for a worker, the peer aborted its stream
+    # meanwhile, and the handler's client.stream() raised an internal error
+    limits = ServerLimits(min_workers=1, max_workers=1, prio_workers=0)
+    async with running_server(limits) as (server, path):
+        disp = server.dispatcher
+        assert isinstance(disp, TestDispatcher)
+        blocker = await RPCClient.connect_unix(path, programs=(TEST,))
+        peer = await RawPeer.connect_unix(path)
+        try:
+            busy = asyncio.create_task(blocker.call(TEST, TestProc.BLOCK, {"gate": "g"}))
+            await asyncio.wait_for(disp.started["g"].wait(), TIMEOUT)
+            await peer.call(TEST_PROGRAM, TestProc.SINK, 7)
+            await peer.send(Header(TEST_PROGRAM, 1, TestProc.SINK, MessageType.STREAM, 7,
+                                   MessageStatus.ERROR))  # fmt: skip
+            confirm = await peer.recv()  # the abort is confirmed at once
+            assert confirm is not None and confirm.header.status == MessageStatus.OK
+            disp.open_gate("g")
+            await asyncio.wait_for(busy, TIMEOUT)
+            reply = await peer.recv()
+            assert reply is not None and reply.header.type == MessageType.REPLY
+            assert reply.header.status == MessageStatus.ERROR
+            error = RemoteErrorXDR.decode(reply.payload)
+            assert "stream aborted by peer" in str(error)
+            assert "internal error" not in str(error)
+        finally:
+            await peer.close()
+            await blocker.close()
