@@ -71,6 +71,13 @@ class Monitor:
                 break
             except ConnectError as exc:
                 await self._wait_retry(deadline, process_alive, exc)
+            except AssertionError as exc:
+                # qemu.qmp asserts it is RUNNING once the handshake is done; a QEMU that
+                # closed the socket just after it already moved it to DISCONNECTING
+                with contextlib.suppress(QMPError, OSError, EOFError, Exception):
+                    await self._qmp.disconnect()
+                raise OperationFailedError(
+                    f"QEMU monitor of '{self.name}' closed right after connecting") from exc
         self._tasks.append(asyncio.create_task(self._pump_events(), name=f"qmp-ev-{self.name}"))
         self._tasks.append(asyncio.create_task(self._watch_eof(), name=f"qmp-eof-{self.name}"))
 
