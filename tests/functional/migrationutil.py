@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import shlex
 import signal
 import socket
@@ -218,11 +219,22 @@ def source_argv(host: LabHost, name: str, tmp: Path) -> list[str]:
             continue
         if word in ("-S",):
             continue
-        if word in ("-pidfile", "-mon") or (word == "-chardev" and "charmonitor" in argv[i + 1]):
-            skip = 1
+        if word in ("-pidfile", "-mon", "-add-fd") or (
+                word == "-chardev" and "charmonitor" in argv[i + 1]):
+            skip = 1  # -add-fd: the log writer's pipes exist only in the daemon's QEMU
             continue
-        out.append(word)
+        out.append(_log_file_instead_of_fdset(word, host, name))
     return out
+
+
+def _log_file_instead_of_fdset(word: str, host: LabHost, name: str) -> str:
+    """``id=charserial0,...,logfile=/dev/fdset/N`` → the serial log file, as QEMU would
+    write it itself (stdio_handler = "file")."""
+    match = re.search(r"(?:^|,)id=char([a-z0-9]+)", word)
+    if match is None or "logfile=/dev/fdset/" not in word:
+        return word
+    path = host.dir / "log" / "qemu" / f"{name}-{match.group(1)}.log"
+    return re.sub(r"logfile=/dev/fdset/\d+", f"logfile={path}", word)
 
 
 def qmp_socket(path: Path | str, command: str) -> Any:
