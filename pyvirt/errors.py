@@ -121,6 +121,10 @@ class ErrorLevel(enum.IntEnum):
     ERROR = 2
 
 
+#: libvirt's VIR_ERROR_MAX_LENGTH: the longest message an error carries (characters here)
+ERROR_MAX_LENGTH = 1024
+
+
 class VirtError(Exception):
     """An error with libvirt's numbers. ``str()`` is the message virsh prints."""
 
@@ -138,6 +142,10 @@ class VirtError(Exception):
         domain: int | None = None,
         level: int = ErrorLevel.ERROR,
     ) -> None:
+        if len(message) > ERROR_MAX_LENGTH:
+            # libvirt formats every message into VIR_ERROR_MAX_LENGTH: a message quoting a
+            # hostile 4 MiB name must not grow replies and logs (or outgrow remote_error)
+            message = message[:ERROR_MAX_LENGTH - 3] + "..."
         super().__init__(message)
         self.message = message
         if code is not None:

@@ -9,6 +9,7 @@ gracefully (``reference/libvirt-wire.md`` §4).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 from pyvirt.errors import ErrorCode, ErrorDomain, ErrorLevel, RPCError, VirtError
@@ -38,7 +39,16 @@ def remote_error_from_exception(exc: BaseException) -> RemoteError:
 
 
 def error_to_wire(exc: BaseException) -> bytes:
-    return bytes(RemoteErrorXDR.encode(remote_error_from_exception(exc)))
+    """The REPLY/ERROR payload for ``exc``; never raises (a message that cannot be encoded,
+    e.g. with lone surrogates from an undecodable name, becomes a generic one)."""
+    err = remote_error_from_exception(exc)
+    try:
+        return bytes(RemoteErrorXDR.encode(err))
+    except (XDRError, UnicodeError, ValueError) as fault:
+        log.debug("cannot encode the error %r: %s", err.message, fault)
+        plain = dataclasses.replace(
+            err, message="internal error: the error message could not be encoded")
+        return bytes(RemoteErrorXDR.encode(plain))
 
 
 def exception_from_remote_error(err: RemoteError) -> VirtError:

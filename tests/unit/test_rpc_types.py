@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pyvirt.errors import ErrorCode, ErrorDomain, NoDomainError, VirtError
+from pyvirt.errors import ERROR_MAX_LENGTH, ErrorCode, ErrorDomain, NoDomainError, VirtError
 from pyvirt.rpc import error as rpc_error
 from pyvirt.rpc.remote_types import (
     STRING_MAX,
@@ -254,6 +254,16 @@ def test_internal_exception_does_not_leak_text() -> None:
     decoded = rpc_error.error_from_wire(rpc_error.error_to_wire(KeyError("secret detail")))
     assert decoded.code == ErrorCode.INTERNAL_ERROR
     assert "secret" not in decoded.message
+
+
+def test_error_messages_are_capped_and_always_encode() -> None:
+    # found by the wire fuzzer: an error quoting a 4 MiB name outgrew remote_error's string
+    # and the reply was never sent; libvirt formats messages into 1024 characters
+    huge = VirtError("name '" + "x" * (5 << 20) + "' is bad", code=27)
+    assert len(huge.message) == ERROR_MAX_LENGTH and huge.message.endswith("...")
+    assert len(rpc_error.error_to_wire(huge)) < 2 * ERROR_MAX_LENGTH
+    odd = rpc_error.error_from_wire(rpc_error.error_to_wire(VirtError("bad \udcff name")))
+    assert odd.message.startswith("bad ")
 
 
 def test_undecodable_error_payload() -> None:
