@@ -30,6 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pyvirt.daemon.loopwatch import LAG_MESSAGE_PREFIX
+
 FAKE_QEMU = Path(__file__).resolve().parent.parent / "fakes" / "fake_qemu.py"
 REAL_QEMU = "/usr/bin/qemu-system-x86_64"
 HOST_UUID = "8b3f2e94-7c1d-4a5e-9f60-2d4c8a1b3e77"
@@ -75,6 +77,17 @@ class DaemonHandle:
             return (self.root / "out.log").read_text()
         except OSError:
             return ""
+
+    def daemon_log(self) -> str:
+        """The daemon's own log file (``log_dir/pyvirtd.log``; ``log()`` is its stdout)."""
+        try:
+            return (self.root / "log" / "pyvirtd.log").read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def lag_lines(self) -> list[str]:
+        """The lag monitor's warnings (a tick of the event loop late by > 100 ms)."""
+        return [line for line in self.daemon_log().splitlines() if LAG_MESSAGE_PREFIX in line]
 
     def serial_log(self, name: str) -> Path:
         return self.root / "log" / "qemu" / f"{name}-serial0.log"

@@ -29,7 +29,6 @@ from typing import Any
 
 import pytest
 
-from pyvirt.daemon.loopwatch import LAG_MESSAGE_PREFIX
 from pyvirt.errors import ErrorCode, VirtError
 from pyvirt.rpc.client import RPCClient
 from pyvirt.rpc.error import error_from_wire
@@ -53,17 +52,6 @@ LIST_BUDGET_S = 1.0
 
 
 # -- helpers -----------------------------------------------------------------------------------
-def daemon_log(daemon: DaemonHandle) -> str:
-    try:
-        return (daemon.root / "log" / "pyvirtd.log").read_text(errors="replace")
-    except OSError:
-        return ""
-
-
-def lag_lines(daemon: DaemonHandle) -> list[str]:
-    return [line for line in daemon_log(daemon).splitlines() if LAG_MESSAGE_PREFIX in line]
-
-
 def admin_values(daemon: DaemonHandle, command: str) -> dict[str, str]:
     proc = run(["virt-admin", "-c", daemon.admin_uri, command, "libvirtd"], timeout=10)
     assert proc.returncode == 0, proc.stderr
@@ -97,14 +85,14 @@ async def test_lag_monitor_logs_a_stalled_loop_and_virt_admin_shows_it() -> None
         try:
             assert await list_seconds(client) < LIST_BUDGET_S
             await asyncio.sleep(0.3)
-            assert lag_lines(daemon) == []
+            assert daemon.lag_lines() == []
             before = admin_values(daemon, "srv-threadpool-info")
             assert before["eventLoopLateTicks"] == "0"
             os.kill(daemon.proc.pid, signal.SIGSTOP)  # the whole loop stalls, as a block would
             await asyncio.sleep(0.4)
             os.kill(daemon.proc.pid, signal.SIGCONT)
-            await wait_for(lambda: lag_lines(daemon))
-            line = lag_lines(daemon)[0]
+            await wait_for(lambda: daemon.lag_lines())
+            line = daemon.lag_lines()[0]
             assert "WARNING pyvirt.daemon.loopwatch: event loop lag: tick late by " in line
             assert int(line.rsplit(" ", 2)[-2]) >= 300
             after = admin_values(daemon, "srv-threadpool-info")
@@ -229,7 +217,7 @@ async def test_clients_that_never_read_pin_no_worker() -> None:
                 pool = admin_values(daemon, "srv-threadpool-info")
                 assert pool["freeWorkers"] == pool["nWorkers"]  # no worker waits for them
                 assert all(a.sent > 100_000 for a in attackers)  # the attack did run
-            assert lag_lines(daemon) == []
+            assert daemon.lag_lines() == []
         finally:
             await client.close()
 
@@ -246,7 +234,7 @@ async def test_a_flood_of_cheap_packets_costs_only_its_sender() -> None:
         try:
             async with non_readers(daemon.sock, [unknown, ping, unknown, ping], repeat=2000):
                 assert await worst_list_while(client, 2.0) < LIST_BUDGET_S
-            assert lag_lines(daemon) == []
+            assert daemon.lag_lines() == []
         finally:
             await client.close()
 
@@ -265,7 +253,7 @@ async def define_undefine(client: RPCClient, name: str) -> None:
 
 
 def drop_lines(daemon: DaemonHandle) -> list[str]:
-    return [line for line in daemon_log(daemon).splitlines()
+    return [line for line in daemon.daemon_log().splitlines()
             if "dropping the connection" in line]
 
 
@@ -295,7 +283,7 @@ async def test_a_client_that_lets_events_and_pongs_pile_up_is_dropped() -> None:
             dropped = drop_lines(daemon)
             assert len(dropped) == 2, dropped  # one line per dropped client
             assert f"(limit {bound})" in dropped[0]
-            assert lag_lines(daemon) == []
+            assert daemon.lag_lines() == []
         finally:
             await client.close()
 
@@ -328,10 +316,10 @@ async def test_event_registration_flood_is_capped() -> None:
             await flooder.call(REMOTE, RP.CONNECT_DOMAIN_EVENT_CALLBACK_DEREGISTER_ANY,
                                {"callback_id": ids[0]["callback_id"]})  # fmt: skip
             await flooder.call(REMOTE, RP.CONNECT_DOMAIN_EVENT_CALLBACK_REGISTER_ANY, args)
-            logged = [line for line in daemon_log(daemon).splitlines()
+            logged = [line for line in daemon.daemon_log().splitlines()
                       if "refusing event registrations" in line]
             assert len(logged) == 1, logged
-            assert lag_lines(daemon) == []
+            assert daemon.lag_lines() == []
         finally:
             await client.close()
             await flooder.close()
@@ -398,7 +386,7 @@ async def test_streams_beyond_the_cap_are_refused_at_once() -> None:
                 in error.message
         assert sorted(p.header.serial for p in refused if p is not None) == [3, 4]
         daemon = busy.daemon
-        logged = [line for line in daemon_log(daemon).splitlines()
+        logged = [line for line in daemon.daemon_log().splitlines()
                   if "refusing streams beyond max_client_streams" in line]
         assert len(logged) == 1
 
@@ -429,7 +417,7 @@ async def test_stream_data_nobody_consumes_is_bounded_in_bytes() -> None:
         assert await list_seconds(busy.client) < LIST_BUDGET_S
         grown = rss_bytes(daemon.proc.pid) - before
         assert grown < 100 << 20, f"daemon grew by {grown >> 20} MiB"
-    assert lag_lines(daemon) == []
+    assert daemon.lag_lines() == []
 
 
 # -- 2. idle connections -----------------------------------------------------------------------
@@ -468,8 +456,8 @@ async def test_idle_tcp_flood_leaves_every_listener_accepting() -> None:
             clients = admin_values(daemon, "srv-clients-info")
             assert clients["nclients_unauth"] == "0"
             assert int(clients["nclients"]) >= 26  # the idle ones are still connected
-            assert "accepting on no listener" not in daemon_log(daemon)
-            assert lag_lines(daemon) == []
+            assert "accepting on no listener" not in daemon.daemon_log()
+            assert daemon.lag_lines() == []
         finally:
             for sock in idle:
                 sock.close()
@@ -513,7 +501,7 @@ def soft_nofile(pid: int) -> int:
 
 
 def accept_failures(daemon: DaemonHandle) -> list[str]:
-    return [line for line in daemon_log(daemon).splitlines() if "accept on" in line]
+    return [line for line in daemon.daemon_log().splitlines() if "accept on" in line]
 
 
 async def test_emfile_backs_off_and_accepting_resumes() -> None:
@@ -545,7 +533,7 @@ async def test_emfile_backs_off_and_accepting_resumes() -> None:
             late = await asyncio.wait_for(opened(daemon.sock), 5)  # accepting resumed
             assert await list_seconds(late) < LIST_BUDGET_S
             await late.close()
-            assert lag_lines(daemon) == []
+            assert daemon.lag_lines() == []
         finally:
             for sock in hogs + waiting:
                 sock.close()

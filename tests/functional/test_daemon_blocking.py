@@ -36,7 +36,6 @@ from pathlib import Path
 import pytest
 
 from pyvirt.client.aio import AsyncConnection
-from pyvirt.daemon.loopwatch import LAG_MESSAGE_PREFIX
 from pyvirt.errors import VirtError
 from tests.functional.daemon_util import DaemonHandle, running_daemon
 
@@ -141,14 +140,6 @@ def slow_resolver_daemon(tmp: Path) -> Iterator[tuple[DaemonHandle, SlowDns]]:
         dns.close()
 
 
-def lag_lines(daemon: DaemonHandle) -> list[str]:
-    try:
-        text = (daemon.root / "log" / "pyvirtd.log").read_text(errors="replace")
-    except OSError:
-        return []
-    return [line for line in text.splitlines() if LAG_MESSAGE_PREFIX in line]
-
-
 @contextlib.asynccontextmanager
 async def list_watcher(uri: str) -> AsyncIterator[list[float]]:
     """Another client listing domains every 100 ms; yields the latencies seen."""
@@ -219,7 +210,7 @@ async def test_a_slow_resolver_blocks_nothing(tmp_path: Path) -> None:
         finally:
             await conn.close()
         assert latencies and max(latencies) < LIST_BUDGET_S, max(latencies, default=None)
-        assert lag_lines(daemon) == []
+        assert daemon.lag_lines() == []
         # the first lookups got the resolver's answer, the flood's last waited no longer
         # than dns_lookup_timeout and fell back to the short name (libvirt's fallback)
         assert hostnames[0][0] == FQDN and hostnames[0][1] >= DNS_DELAY_S - 0.5

@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 
 from pyvirt.client.aio import AsyncConnection
-from pyvirt.daemon.loopwatch import LAG_MESSAGE_PREFIX
 from pyvirt.errors import VirtError
 from tests.functional.daemon_util import DaemonHandle, running_daemon
 from tests.functional.test_daemon_blocking import list_watcher
@@ -59,14 +58,6 @@ def peak_rss_kib(daemon: DaemonHandle) -> int:
     raise AssertionError("no VmHWM")
 
 
-def lag_lines(daemon: DaemonHandle) -> list[str]:
-    try:
-        text = (daemon.root / "log" / "pyvirtd.log").read_text(errors="replace")
-    except OSError:
-        return []
-    return [line for line in text.splitlines() if LAG_MESSAGE_PREFIX in line]
-
-
 async def test_hostile_cookies_are_refused_in_prepare() -> None:
     # Checks: each cookie → "malformed migration cookie: <reason>" within 2 s; no domain,
     # run directory or log file of c1 afterwards; peak RSS bounded; list < 1 s; no lag.
@@ -95,7 +86,7 @@ async def test_hostile_cookies_are_refused_in_prepare() -> None:
         growth = peak_rss_kib(daemon) - baseline
         assert growth < RSS_GROWTH_BOUND_KIB, f"peak RSS grew by {growth >> 10} MiB"
         assert max(latencies) < 1.0, latencies
-        assert lag_lines(daemon) == []
+        assert daemon.lag_lines() == []
         run_dir, log_dir = daemon.root / "run" / "qemu", daemon.root / "log" / "qemu"
         assert not any(p.name.startswith("domain-") for p in run_dir.iterdir())
         assert not log_dir.exists() or not any(log_dir.glob("c1*"))
