@@ -233,11 +233,17 @@ def running_daemon(**kwargs: Any) -> Iterator[DaemonHandle]:
         handle = start_daemon(root, **kwargs)
         yield handle
     finally:
-        if handle is not None:
-            stop_daemon(handle)
-        survivors = _wait_gone(kill_processes_mentioning(root))
-        shutil.rmtree(root, ignore_errors=True)
-        assert not survivors, f"processes survived SIGKILL: {survivors}"
+        tear_down(handle, root)
+
+
+def tear_down(handle: DaemonHandle | None, root: Path) -> None:
+    """Stop the daemon, kill whatever still mentions ``root`` (QEMUs, log writers), remove
+    ``root``; fail if a process outlived SIGKILL."""
+    if handle is not None:
+        stop_daemon(handle)
+    survivors = _wait_gone(kill_processes_mentioning(root))
+    shutil.rmtree(root, ignore_errors=True)
+    assert not survivors, f"processes survived SIGKILL: {survivors}"
 
 
 def _alive(pid: int) -> bool:

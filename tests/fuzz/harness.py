@@ -20,7 +20,6 @@ import contextlib
 import hashlib
 import os
 import re
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -30,11 +29,9 @@ from pathlib import Path
 
 from tests.functional.daemon_util import (
     DaemonHandle,
-    _wait_gone,
     _wait_socket,
     fake_emulator,
-    kill_processes_mentioning,
-    stop_daemon,
+    tear_down,
     write_configs,
 )
 from tests.fuzz.hostile import CANARY_DIRS, CANARY_FILES, SECRET_TOKEN
@@ -83,11 +80,7 @@ def fuzz_target(conf: Mapping[str, object] | None = None) -> Iterator[FuzzTarget
         handle = _start(daemon_root, canary, conf or {})
         yield FuzzTarget(root, canary, handle, before)
     finally:
-        if handle is not None:
-            stop_daemon(handle)
-        survivors = _wait_gone(kill_processes_mentioning(root))
-        shutil.rmtree(root, ignore_errors=True)
-        assert not survivors, f"processes survived SIGKILL: {survivors}"
+        tear_down(handle, root)
 
 
 def _start(root: Path, cwd: Path, conf: Mapping[str, object]) -> DaemonHandle:
