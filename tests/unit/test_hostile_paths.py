@@ -18,7 +18,7 @@ from pyvirt.conf.domain_parse import parse_domain_xml
 from pyvirt.conf.domain_validate import validate_domain
 from pyvirt.constants import MigrateFlags
 from pyvirt.errors import ArgumentUnsupportedError, InvalidArgError, VirtError, XMLError
-from pyvirt.qemu.migration import images, uris
+from pyvirt.qemu.migration import images, p2p, uris
 from pyvirt.qemu.migration.cookie import MigrationCookie
 from pyvirt.qemu.migration.cookie_io import read_cookie
 from pyvirt.qemu.migration.params import Side, parse_request
@@ -244,3 +244,17 @@ async def test_cookie_names_checked(name: str) -> None:
         host_uuid="00000000-0000-4000-8000-000000000000"))
     with pytest.raises(VirtError, match=r"name|malformed"):
         await read_cookie(driver, cookie.to_bytes())  # type: ignore[arg-type]
+
+
+# -- a destination that never answers --------------------------------------------------------
+async def test_p2p_connect_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    # a listener that never accepts: the handshake completes, no answer ever comes
+    monkeypatch.setattr(p2p, "P2P_CONNECT_TIMEOUT_S", 0.3)
+    settings = SimpleNamespace(p2p_keepalive_interval=5, p2p_keepalive_count=5)
+    engine = SimpleNamespace(driver=SimpleNamespace(settings=settings))
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(1)
+        uri = f"qemu+tcp://127.0.0.1:{silent.getsockname()[1]}/system"
+        with pytest.raises(VirtError, match=r"no answer within 0\.3 s"):
+            await p2p._connect(engine, uri)  # type: ignore[arg-type]

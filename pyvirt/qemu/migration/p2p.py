@@ -38,6 +38,8 @@ OUTCOME_WAIT_S = 60.0
 #: while the disks are copied, how often the source asks whether the destination's incoming
 #: QEMU still runs (p2p: the source has the connection to ask on)
 INCOMING_CHECK_S = 2.0
+#: how long the source waits to connect to the destination daemon (name lookup included)
+P2P_CONNECT_TIMEOUT_S = 30.0
 
 
 async def perform(engine: MigrationEngine, obj: DomainObj, dconnuri: str,
@@ -60,11 +62,18 @@ async def perform(engine: MigrationEngine, obj: DomainObj, dconnuri: str,
 async def _connect(engine: MigrationEngine, dconnuri: str) -> AsyncConnection:
     settings = engine.driver.settings
     try:
-        dconn = await AsyncConnection.open(
-            dconnuri, keepalive=(settings.p2p_keepalive_interval, settings.p2p_keepalive_count))
+        # bounded: a black-holed address or a resolver that never answers must not hold
+        # the migration job (and the client's call) for the kernel's connect timeout
+        async with asyncio.timeout(P2P_CONNECT_TIMEOUT_S):
+            dconn = await AsyncConnection.open(
+                dconnuri,
+                keepalive=(settings.p2p_keepalive_interval, settings.p2p_keepalive_count))
     except VirtError as exc:
         raise OperationFailedError(f"Failed to connect to remote libvirt URI {dconnuri}: "
                                    f"{exc.message}") from exc
+    except TimeoutError:
+        raise OperationFailedError(f"Failed to connect to remote libvirt URI {dconnuri}: "
+                                   f"no answer within {P2P_CONNECT_TIMEOUT_S:g} s") from None
     for feature in (FEATURE_P2P, FEATURE_V3, FEATURE_PARAMS):
         if not await dconn.supports_feature(feature):
             await dconn.close()
