@@ -32,8 +32,10 @@ from pyvirt.conf.xmlutil import quote
 from pyvirt.errors import ConfigUnsupportedError, ErrorCode, ErrorDomain, VirtError, XMLError
 from pyvirt.safefs import UnsafePathError, check_component, check_path
 
-#: libvirt's limit is the file-name length of the domain's config file
-NAME_MAX = 255
+#: libvirt's limit is the file-name length of the domain's config file; pyvirt derives
+#: longer file names from a name (``NAME-serial3.log.1000``: a rotated serial log, 17 bytes
+#: more), and every one of them must fit in the filesystem's 255 bytes
+NAME_MAX = 255 - len("-serial3.log.1000")
 
 
 def validate_domain_name(name: str) -> None:
@@ -47,8 +49,8 @@ def validate_domain_name(name: str) -> None:
         raise XMLError(f"name '{name}' is not allowed")
     if any(ord(c) < 0x20 or ord(c) == 0x7F for c in name):
         raise XMLError(f"name '{quote(name)}' cannot contain control characters")
-    if len(name) > NAME_MAX:
-        raise XMLError(f"name is longer than {NAME_MAX} characters")
+    if len(name.encode(errors="surrogateescape")) > NAME_MAX:
+        raise XMLError(f"name is longer than {NAME_MAX} bytes")
 
 
 def validate_domain(dom: DomainDef) -> None:

@@ -25,7 +25,9 @@ from pyvirt.conf.domain_validate import validate_domain_name
 def atomic_write(path: Path, data: str | bytes, mode: int = 0o600) -> None:
     payload = data.encode() if isinstance(data, str) else data
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    # not named after the target: ".NAME.status.XXXXXXXX" would not fit in 255 bytes when
+    # NAME is long
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(payload)

@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import os
 import tempfile
+import uuid as uuidlib
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from pyvirt.conf.domain_validate import NAME_MAX
 from tests.fakes.fake_remote import FakeMigration, ServedPair
 from tests.functional.gridutil import (
     MODES,
@@ -27,7 +29,9 @@ from tests.functional.gridutil import (
     assert_destination_clean,
     assert_source_runs,
     daemon_pair,
+    domstate,
     emptied_after_test,
+    guest_xml,
     new_guest,
     virsh,
 )
@@ -149,3 +153,25 @@ def test_disks_uri_cannot_remove_a_file(pair: Pair, victim: Path) -> None:
     assert target.read_text() == "still here"
     assert_source_runs(pair, guest)
     assert_destination_clean(pair, guest.name)
+
+
+def test_the_longest_name_fits_every_file(pair: Pair) -> None:
+    # a name of NAME_MAX bytes (multi-byte characters) is defined, started (status file,
+    # QEMU and serial logs), migrated (journal, destination's files) and undefined; one
+    # byte more is refused before anything is written
+    name = "\u20ac" * (NAME_MAX // 3) + "a" * (NAME_MAX % 3)
+    assert len(name.encode()) == NAME_MAX
+    uuid = str(uuidlib.uuid4())
+    xml = pair.tmp / "longest.xml"
+    xml.write_text(guest_xml(name, uuid))
+    assert virsh(pair.src, "define", str(xml))[0] == 0
+    assert virsh(pair.src, "start", name)[0] == 0
+    rc, _, err = virsh(pair.src, "migrate", "--live", "--p2p", "--persistent",
+                       "--undefinesource", name, pair.dst.uri)
+    assert rc == 0, err
+    assert domstate(pair.dst, name) == "running (migrated)"
+    assert virsh(pair.dst, "destroy", name)[0] == 0
+    assert virsh(pair.dst, "undefine", name)[0] == 0
+    xml.write_text(guest_xml(name + "b", str(uuidlib.uuid4())))
+    rc, _, err = virsh(pair.src, "define", str(xml))
+    assert rc == 1 and f"name is longer than {NAME_MAX} bytes" in err, err
