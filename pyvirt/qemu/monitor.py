@@ -30,6 +30,8 @@ DEFAULT_COMMAND_TIMEOUT_S = 60.0
 #: waits for it while the client waits (QEMU takes ~30-40 ms to bind it; checking a path
 #: is cheap)
 MONITOR_POLL_S = 0.002
+#: how long close() lets the EOF watcher finish its part of the disconnect
+CLOSE_WAIT_S = 5.0
 
 
 class MonitorError(OperationFailedError):
@@ -47,7 +49,8 @@ class Monitor:
         self._qmp = QMPClient(name)
         self._on_event = on_event
         self._on_eof = on_eof
-        self._tasks: list[asyncio.Task[None]] = []
+        self._pump: asyncio.Task[None] | None = None
+        self._eof_watch: asyncio.Task[None] | None = None
         self._closing = False
         self.name = name
 
@@ -78,8 +81,8 @@ class Monitor:
                     await self._qmp.disconnect()
                 raise OperationFailedError(
                     f"QEMU monitor of '{self.name}' closed right after connecting") from exc
-        self._tasks.append(asyncio.create_task(self._pump_events(), name=f"qmp-ev-{self.name}"))
-        self._tasks.append(asyncio.create_task(self._watch_eof(), name=f"qmp-eof-{self.name}"))
+        self._pump = asyncio.create_task(self._pump_events(), name=f"qmp-ev-{self.name}")
+        self._eof_watch = asyncio.create_task(self._watch_eof(), name=f"qmp-eof-{self.name}")
 
     async def _wait_retry(self, deadline: float, process_alive: Callable[[], bool],
                           cause: Exception | None) -> None:
@@ -124,17 +127,25 @@ class Monitor:
     async def close(self) -> None:
         """Disconnect without reporting EOF (the driver is letting go, not QEMU dying)."""
         self._closing = True
-        # Disconnect first, then stop the watchers: cancelling the EOF watcher while it is
-        # inside qemu.qmp's disconnect() would leave the library's gathered reader/writer
-        # failure unretrieved ("_GatheringFuture exception was never retrieved").
+        # Disconnect, then let the EOF watcher end by itself: it may be inside qemu.qmp's
+        # disconnect() too, and cancelling it there leaves the library's gathered
+        # reader/writer failure unretrieved ("_GatheringFuture exception was never
+        # retrieved"). The event pump waits for events that will not come: cancelled.
         with contextlib.suppress(QMPError, OSError, EOFError, Exception):
             await self._qmp.disconnect()
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-        self._tasks.clear()
+        # On QEMU's EOF the watcher itself tears the domain down and calls close(): it
+        # neither waits for nor cancels itself, and goes on once close() returns.
+        current = asyncio.current_task()
+        watcher = self._eof_watch
+        if watcher is not None and watcher is not current:
+            with contextlib.suppress(TimeoutError, asyncio.CancelledError, Exception):
+                await asyncio.wait_for(asyncio.shield(watcher), CLOSE_WAIT_S)
+        for task in (self._pump, watcher):
+            if task is not None and task is not current and not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+        self._pump = self._eof_watch = None
 
     async def _pump_events(self) -> None:
         async for message in self._qmp.events:
