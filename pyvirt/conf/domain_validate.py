@@ -49,7 +49,12 @@ def validate_domain_name(name: str) -> None:
         raise XMLError(f"name '{name}' is not allowed")
     if any(ord(c) < 0x20 or ord(c) == 0x7F for c in name):
         raise XMLError(f"name '{quote(name)}' cannot contain control characters")
-    if len(name.encode(errors="surrogateescape")) > NAME_MAX:
+    try:
+        encoded = name.encode()
+    except UnicodeEncodeError:
+        # bytes that were not UTF-8 on the wire (kept as surrogates): not a name
+        raise XMLError("name is not valid UTF-8") from None
+    if len(encoded) > NAME_MAX:
         raise XMLError(f"name is longer than {NAME_MAX} bytes")
 
 

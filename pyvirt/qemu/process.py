@@ -149,7 +149,7 @@ def spawn(argv: list[str], output: Path | LogPipes, env: dict[str, str],
     """Start QEMU detached from our session; its output goes to ``output``: the log file
     itself (appended), or the pipes of a log writer (whose write ends this closes)."""
     header = (time.strftime("%Y-%m-%d %H:%M:%S%z") + ": starting up\n"
-              + _render_cmdline(argv, env) + "\n").encode()
+              + _render_cmdline(argv, env) + "\n").encode(errors="backslashreplace")
     if isinstance(output, LogPipes):
         try:
             output.write_header(header)

@@ -125,6 +125,7 @@ def _request(side: Side, **params: str) -> None:
     ({"destination_name": "a\0b"}, "control characters"),
     ({"destination_name": "x" * 256}, "longer than 238 bytes"),
     ({"destination_name": "\u20ac" * 80}, "longer than 238 bytes"),
+    ({"destination_name": "\udc80abc"}, "not valid UTF-8"),
     ({"migrate_uri": "exec:sh -c 'id>/tmp/p'"}, "unsupported scheme exec"),
     ({"disks_uri": "file:///etc/passwd"}, "Unsupported scheme in disks URI"),
     ({"disks_uri": "unix:///etc/passwd"}, "exists and is not a socket"),
