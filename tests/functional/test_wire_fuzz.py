@@ -67,9 +67,17 @@ def test_boundary_and_mutated_frames_fail_cleanly() -> None:
     assert outcomes["decoded"] and outcomes["refused"]
 
 
+#: the short run's seed (see test_wire_fuzz_short_run)
+SHORT_RUN_SEED = 20261207
+
+
 def test_wire_fuzz_short_run(tmp_path: Path) -> None:
-    seed_text = os.environ.get("FUZZ_SEED", "").strip()
-    seed = int(seed_text) if seed_text else random.SystemRandom().randrange(1 << 32)
+    # make test replays one fixed seed, so that its gate is the same frames every run (what
+    # was found with it is fixed); `make fuzz` draws a new seed each run to find more.
+    # FUZZ_SEED=N overrides either; FUZZ_SEED=random draws one here too.
+    seed_text = os.environ.get("FUZZ_SEED", "").strip() or str(SHORT_RUN_SEED)
+    seed = random.SystemRandom().randrange(1 << 32) if seed_text == "random" \
+        else int(seed_text)
     # failing frames and the daemon's logs land in pytest's own (rotated) temporary tree
     report = run_fuzz(FuzzConfig(seconds=SHORT_RUN_S, seed=seed,
                                  min_frames=SHORT_RUN_MIN_FRAMES, warmup=8.0,
