@@ -24,6 +24,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
+from pyvirt import safefs
 from pyvirt.conf.domain import DiskDef, DomainDef
 from pyvirt.errors import InvalidArgError, OperationInvalidError
 from pyvirt.qemu.argv_disk import disk_node_name
@@ -130,7 +131,7 @@ def parse_disks_uri(uri: str) -> NbdAddress:
     scheme = uri.partition(":")[0].lower() if ":" in uri else ""
     if scheme not in uris.MIGRATION_SCHEMES:
         # libvirt's wording (qemuMigrationDstStartNBDServer), VIR_ERR_INVALID_ARG
-        raise InvalidArgError(f"Unsupported scheme in disks URI: {uris.shown(uri)}")
+        raise InvalidArgError(f"Unsupported scheme in disks URI: {safefs.shown(uri)}")
     address = uris.parse_migration_uri(uri, what="disks URI")
     return NbdAddress(host=address.host, port=address.port, path=address.path)
 

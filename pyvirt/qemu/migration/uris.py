@@ -32,7 +32,9 @@ import stat
 import urllib.parse
 from dataclasses import dataclass
 
+from pyvirt import safefs
 from pyvirt.errors import ArgumentUnsupportedError, InvalidArgError
+from pyvirt.safefs import shown
 
 #: sun_path holds 108 bytes with the terminating NUL
 UNIX_PATH_MAX = 107
@@ -95,10 +97,11 @@ def check_port(text: str, uri: str) -> int:
 
 def check_socket_path(path: str, what: str) -> str:
     """Absolute, normalized, short enough for sun_path, not an existing non-socket file."""
-    if not path.startswith("/") or path.startswith("//") or os.path.normpath(path) != path \
-            or "\0" in path \
-            or any(ord(c) < 0x20 for c in path):
-        raise InvalidArgError(f"{what}: '{shown(path)}' is not an absolute, normalized path")
+    try:
+        safefs.check_path(path, what)
+    except safefs.UnsafePathError:
+        raise InvalidArgError(f"{what}: '{shown(path)}' is not an absolute, normalized path") \
+            from None
     if len(path.encode()) > UNIX_PATH_MAX:
         raise InvalidArgError(f"{what}: socket path '{shown(path)}' is longer than "
                               f"{UNIX_PATH_MAX} bytes")
@@ -111,12 +114,6 @@ def check_socket_path(path: str, what: str) -> str:
     if not stat.S_ISSOCK(mode):
         raise InvalidArgError(f"{what}: '{path}' exists and is not a socket")
     return path
-
-
-def shown(text: str) -> str:
-    """A hostile string in an error message: printable and bounded."""
-    shown = text.encode("unicode_escape").decode("ascii")
-    return shown if len(shown) <= 200 else shown[:200] + "..."
 
 
 def _refuse_controls(uri: str, what: str) -> None:
