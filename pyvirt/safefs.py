@@ -58,6 +58,13 @@ def check_component(name: str, what: str = "name") -> str:
     return name
 
 
+def is_within(root: Path | str, path: str) -> bool:
+    """True when normalized ``path`` is ``root`` or below it (lexically: for paths inside
+    the daemon's own directories, where nobody else can plant a symlink)."""
+    top = str(root).rstrip("/")
+    return path == top or path.startswith(top + "/")
+
+
 def shown(text: str, limit: int = 200) -> str:
     """A hostile string for a message or a log line: escaped and bounded."""
     escaped = text.encode("unicode_escape", errors="replace").decode("ascii")

@@ -28,16 +28,27 @@ def make_settings(root: Path, emulator: str = "/usr/bin/qemu-system-x86_64",
 
     base: dict[str, Any] = {
         "state_dir": root / "state", "run_dir": root / "run", "log_dir": root / "log",
-        "emulator": emulator,
+        "emulator": emulator, **fake_runs_as_root(emulator),
     }
     base.update(overrides)
     return DriverSettings(**base)
 
 
+REAL_QEMU = "/usr/bin/qemu-system-x86_64"
+
+
+def fake_runs_as_root(emulator: str) -> dict[str, str]:
+    """The fake QEMU (a Python test double of QMP, reading and writing files in the test's
+    directories) runs as root; the real QEMU as the default unprivileged user, sandboxed."""
+    return {} if emulator == REAL_QEMU else {"user": "root", "group": "root"}
+
+
 @pytest.fixture
 def short_tmp() -> Iterator[Path]:
-    """A short directory path: unix socket paths must stay under 108 bytes."""
+    """A short directory path: unix socket paths must stay under 108 bytes. QEMU's user may
+    pass through it (not list it), as through any directory on the way to its files."""
     path = Path(tempfile.mkdtemp(prefix="pv-", dir="/tmp"))
+    path.chmod(0o711)
     yield path
     shutil.rmtree(path, ignore_errors=True)
 

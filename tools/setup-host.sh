@@ -88,6 +88,24 @@ apt_update_once() {
     fi
 }
 
+# The unprivileged system user and group QEMU runs as (qemu.conf user/group defaults): no
+# home, no shell, no supplementary groups (pyvirtd grants it the devices it needs by ACL).
+QEMU_USER=pyvirt-qemu
+QEMU_GROUP=pyvirt-qemu
+
+ensure_qemu_user() {
+    if ! getent group "$QEMU_GROUP" >/dev/null; then
+        log "creating system group $QEMU_GROUP"
+        as_root groupadd --system "$QEMU_GROUP"
+    fi
+    if ! getent passwd "$QEMU_USER" >/dev/null; then
+        log "creating system user $QEMU_USER"
+        as_root useradd --system --gid "$QEMU_GROUP" --no-create-home \
+            --home-dir /nonexistent --shell /usr/sbin/nologin \
+            --comment "pyvirt QEMU processes" "$QEMU_USER"
+    fi
+}
+
 main() {
     local rel missing
     rel=$(codename)
@@ -111,6 +129,7 @@ main() {
         log "QEMU >= $MIN_QEMU_MAJOR.0 is required, found: $(qemu-system-x86_64 --version | head -n1)"
         exit 1
     fi
+    ensure_qemu_user
 }
 
 main "$@"

@@ -2,10 +2,11 @@
 
 :data:`QEMU_SCHEMA` lists every key of libvirt's qemu.conf. The subset pyvirt implements
 (migration addresses and ports, ``shared_filesystems``, the peer-to-peer connection's
-keepalive, display listen addresses and ports, log handling) becomes :class:`QemuConfig`
+keepalive, display listen addresses and ports, log handling, QEMU's user, group, file
+ownership and seccomp sandbox) becomes :class:`QemuConfig`
 fields of the same name, plus pyvirt's own ``emulator`` and directory keys. Every other
 libvirt key is accepted only at the value that describes what pyvirt does (often libvirt's
-default, sometimes not: e.g. ``dynamic_ownership`` is 0 because pyvirt never chowns), so a
+default, sometimes not: e.g. ``security_driver`` is "none": there is no MAC driver), so a
 setting pyvirt would not honour is refused at start-up. ``docs/config.md`` explains each.
 
 Pure except :func:`load_qemu_config`.
@@ -34,6 +35,7 @@ from pyvirt.conf.confparse import (
     read_conf_text,
 )
 from pyvirt.conf.daemon_conf import DaemonConfig
+from pyvirt.qemu.identity import DEFAULT_QEMU_GROUP, DEFAULT_QEMU_USER
 
 #: libvirt's QEMU_REMOTE_PORT_MIN: VNC display numbers are ports minus 5900.
 REMOTE_DISPLAY_PORT_MIN = 5900
@@ -74,6 +76,20 @@ def _check_stdio_handler(name: str, value: str) -> str:
     if value in ("logd", "file"):
         return value
     raise ValueError(f"{name}: Unknown stdio handler {value}")
+
+
+def _check_user_or_group(name: str, value: str) -> str:
+    # a name or libvirt's "+N" (a raw id); resolved when the driver starts
+    if not value or "\0" in value or (value.startswith("+") and not value[1:].isdigit()):
+        raise ValueError(f"{name}: invalid user or group '{value}'")
+    return value
+
+
+def _check_seccomp_sandbox(name: str, value: int) -> int:
+    # libvirt: -1 "QEMU's default" (on here, QEMU is always built with seccomp), 0, 1
+    if value not in (-1, 0, 1):
+        raise ValueError(f"{name} must be -1, 0 or 1")
+    return 0 if value == 0 else 1
 
 
 def _in_range(low: int, high: int, unit: str = "") -> Callable[[str, int], int]:
@@ -131,6 +147,12 @@ _IMPLEMENTED_KEYS = [
     Key("max_size", _U, MAX_LOG_SIZE_DEFAULT, check=_in_range(MIN_LOG_SIZE, 2**32 - 1)),
     Key("max_backups", _U, 3, check=_in_range(0, MAX_LOG_BACKUPS)),
     Key("shared_filesystems", _L, (), check=_check_shared_filesystems),
+    # who QEMU runs as, and what it may reach (pyvirt.qemu.identity, pyvirt.qemu.ownership)
+    Key("user", _S, DEFAULT_QEMU_USER, check=_check_user_or_group),
+    Key("group", _S, DEFAULT_QEMU_GROUP, check=_check_user_or_group),
+    Key("dynamic_ownership", _B, 1),
+    Key("remember_owner", _B, 1),
+    Key("seccomp_sandbox", _INT, 1, check=_check_seccomp_sandbox),
     # pyvirt's own keys
     Key("emulator", _S, "/usr/bin/qemu-system-x86_64", check=check_absolute_path),
     Key("state_dir", _S, None, check=check_absolute_path),
@@ -178,10 +200,6 @@ _NOT_YET_KEYS = [
     Key("security_driver", _SL, "none", _N),
     Key("security_default_confined", _B, 0, _N),
     Key("security_require_confined", _B, 0, _N),
-    Key("user", _S, None, _N),
-    Key("group", _S, None, _N),
-    Key("dynamic_ownership", _B, 0, _N),
-    Key("remember_owner", _B, 0, _N),
     Key("cgroup_controllers", _L, (), _N),
     Key("cgroup_device_acl", _L, None, _N),
     Key("save_image_format", _S, "raw", _N),
@@ -210,7 +228,6 @@ _NOT_YET_KEYS = [
     Key("lock_manager", _S, None, _N),
     Key("allow_disk_format_probing", _B, 0, _N),
     Key("max_queued", _U, 0, _N),
-    Key("seccomp_sandbox", _INT, None, _N),
     Key("nvram", _L, None, _N),
     Key("gluster_debug_level", _U, None, _N),
     Key("virtiofsd_debug", _B, 0, _N),
@@ -266,6 +283,13 @@ class QemuConfig:
     max_backups: int = 3
     #: normalised absolute paths assumed shared with every migration peer
     shared_filesystems: tuple[str, ...] = ()
+    #: who QEMU runs as; files it needs handed to it (dynamic_ownership) and given back to
+    #: the owner recorded in xattrs (remember_owner); its seccomp filter on or off
+    user: str = DEFAULT_QEMU_USER
+    group: str = DEFAULT_QEMU_GROUP
+    dynamic_ownership: bool = True
+    remember_owner: bool = True
+    seccomp_sandbox: int = 1
     emulator: str = "/usr/bin/qemu-system-x86_64"
     #: None: pyvirtd.conf's directory + "/qemu", see :meth:`with_daemon_dirs`
     state_dir: str | None = None

@@ -89,6 +89,9 @@ def driver_settings(daemon_cfg: DaemonConfig, qemu_cfg: QemuConfig,
         log_max_backups=qemu_cfg.max_backups,
         dns_lookup_timeout_s=float(qemu_cfg.dns_lookup_timeout),
         dns_lookup_threads=qemu_cfg.dns_lookup_threads,
+        user=qemu_cfg.user, group=qemu_cfg.group,
+        dynamic_ownership=qemu_cfg.dynamic_ownership, remember_owner=qemu_cfg.remember_owner,
+        seccomp_sandbox=qemu_cfg.seccomp_sandbox,
     )
 
 

@@ -328,6 +328,12 @@ def _trailer(ctx: Ctx) -> list[str]:
 
 
 #: the command line in order: machine-level options, then buses before the devices on them
+#: QEMU's seccomp filter with every optional class denied (libvirt's seccomp_sandbox = 1):
+#: no obsolete syscalls, no set*id, no fork/exec (QEMU spawns nothing: taps are opened by
+#: the daemon, migration never uses exec:), no scheduler/affinity/priority changes (the
+#: daemon applies those from outside)
+SANDBOX = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
+
 SECTIONS: tuple[Callable[[Ctx], list[str]], ...] = (
     _process, _machine, _cpu, _memory, _smp, _uuid, _defaults, _monitor, _clock,
     _lifecycle, _boot, build_controllers, _disks, _interfaces, build_serials,
@@ -348,6 +354,8 @@ def build_argv(dom: DomainDef, paths: LaunchPaths, opts: LaunchOptions = _NO_OPT
               os_boot=_os_boot(dom))
     argv = [require(dom.devices.emulator, "emulator")]
     for section in SECTIONS:
+        if section is _trailer and opts.sandbox:  # libvirt's place: before -msg
+            argv += ["-sandbox", SANDBOX]
         argv += section(ctx)
     if opts.incoming is not None:
         argv += ["-incoming", opts.incoming]

@@ -32,6 +32,8 @@ class LaunchPaths:
 class LaunchOptions:
     #: ``-incoming`` value for a migration destination, e.g. ``"defer"``
     incoming: str | None = None
+    #: qemu.conf's seccomp_sandbox: QEMU's seccomp filter, everything it can deny denied
+    sandbox: bool = True
 
 
 @dataclass(frozen=True)

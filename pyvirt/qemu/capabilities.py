@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from pyvirt.conf.domain_defaults import HostDefaults
 from pyvirt.errors import ConfigUnsupportedError, OperationFailedError
+from pyvirt.qemu.identity import QemuIdentity
 
 MIN_QEMU_VERSION = (9, 0, 0)
 
@@ -84,31 +85,36 @@ def parse_machines(text: str) -> tuple[frozenset[str], dict[str, str], str]:
     return frozenset(machines), aliases, default
 
 
-_CACHE: dict[tuple[str, float], QemuCaps] = {}
+_CACHE: dict[tuple[str, float, QemuIdentity | None], QemuCaps] = {}
 
 
-def probe(emulator: str) -> QemuCaps:
-    """Probe (and cache by path + mtime) the QEMU binary; refuse QEMU < 9.0."""
+def probe(emulator: str, run_as: QemuIdentity | None = None) -> QemuCaps:
+    """Probe (and cache by path + mtime) the QEMU binary; refuse QEMU < 9.0.
+
+    ``run_as``: the identity QEMU runs as (the binary is probed as it will run: never as
+    root when guests are not)."""
     try:
         mtime = os.stat(emulator).st_mtime
     except OSError as exc:
         raise OperationFailedError(f"cannot find QEMU binary '{emulator}': {exc.strerror}") from exc
-    cached = _CACHE.get((emulator, mtime))
+    cached = _CACHE.get((emulator, mtime, run_as))
     if cached:
         return cached
-    version = parse_version(_run(emulator, "--version"))
+    version = parse_version(_run(emulator, run_as, "--version"))
     check_version(emulator, version)
-    machines, aliases, default = parse_machines(_run(emulator, "-machine", "help"))
+    machines, aliases, default = parse_machines(_run(emulator, run_as, "-machine", "help"))
     caps = QemuCaps(emulator, version, machines, aliases, default)
-    _CACHE[(emulator, mtime)] = caps
+    _CACHE[(emulator, mtime, run_as)] = caps
     return caps
 
 
-def _run(emulator: str, *args: str) -> str:
+def _run(emulator: str, run_as: QemuIdentity | None, *args: str) -> str:
+    identity = run_as.popen_kwargs() if run_as is not None else {}
     try:
         proc = subprocess.run(
-            [emulator, *args], capture_output=True, text=True, timeout=30, check=True
+            [emulator, *args], capture_output=True, text=True, timeout=30, check=True,
+            cwd="/", env={"LC_ALL": "C", "PATH": "/usr/bin:/bin"}, **identity,
         )
     except (OSError, subprocess.SubprocessError) as exc:
         raise OperationFailedError(f"failed to run '{emulator} {' '.join(args)}': {exc}") from exc
-    return proc.stdout
+    return str(proc.stdout)

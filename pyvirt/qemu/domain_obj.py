@@ -32,6 +32,8 @@ class RuntimeResources:
     run_dir: Path | None = None
     graphics_ports: list[int] = field(default_factory=list)
     tap_devices: list[str] = field(default_factory=list)
+    #: tap name → an open queue of it, for QEMU to inherit (closed once QEMU has it)
+    tap_fds: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass

@@ -33,6 +33,7 @@ from pyvirt.qemu import domain_ops
 from pyvirt.qemu.capabilities import QemuCaps, probe
 from pyvirt.qemu.domain_obj import DomainObj
 from pyvirt.qemu.events import EventBus
+from pyvirt.qemu.identity import resolve_identity
 from pyvirt.qemu.lifecycle import DomainRunner
 from pyvirt.qemu.migration.engine import MigrationEngine
 from pyvirt.qemu.migration.recovery import recover_all
@@ -45,9 +46,12 @@ log = logging.getLogger(__name__)
 class QemuDriver:
     def __init__(self, settings: DriverSettings, caps: QemuCaps | None = None) -> None:
         self.settings = settings
-        self.caps = caps or probe(settings.emulator)
+        #: who QEMU runs as (qemu.conf user/group); a missing user refuses to start
+        self.identity = resolve_identity(settings.user, settings.group)
+        self.caps = caps or probe(settings.emulator, self.identity)
         self.events = EventBus()
-        self.runner = DomainRunner(settings, self.caps, self.events, self._forget)
+        self.runner = DomainRunner(settings, self.caps, self.events, self._forget,
+                                   self.identity)
         self.config_store = NamedFileStore(settings.config_dir, ".xml")
         self.autostart_store = NamedFileStore(settings.autostart_dir, "")
         self._domains: dict[str, DomainObj] = {}

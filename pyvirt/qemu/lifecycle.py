@@ -12,10 +12,12 @@ from __future__ import annotations
 import asyncio
 import copy
 import logging
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from pyvirt import safefs
 from pyvirt.conf.domain import DomainDef
 from pyvirt.constants import (
     DomainState,
@@ -30,11 +32,12 @@ from pyvirt.errors import InternalError, OperationFailedError, VirtError
 from pyvirt.qemu import process as qproc
 from pyvirt.qemu import runtime_setup
 from pyvirt.qemu.argv import LaunchOptions, LaunchPaths, build_argv
-from pyvirt.qemu.argv_chardev import chardev_logs
+from pyvirt.qemu.argv_chardev import ChardevLog, chardev_logs
 from pyvirt.qemu.capabilities import QemuCaps
 from pyvirt.qemu.domain_obj import DomainObj, RuntimeResources
 from pyvirt.qemu.events import DomainEvent, EventBus
-from pyvirt.qemu.logpipes import LogPipes, LogRotation
+from pyvirt.qemu.identity import QemuIdentity
+from pyvirt.qemu.logpipes import LogPipes, LogRotation, close_fds, open_chardev_logs
 from pyvirt.qemu.monitor import Monitor
 from pyvirt.qemu.qmp_events import QmpEventHandler
 from pyvirt.qemu.resources import PortAllocator
@@ -53,9 +56,11 @@ class DomainRunner:
 
     def __init__(
         self, settings: DriverSettings, caps: QemuCaps, events: EventBus,
-        forget: Callable[[DomainObj], None],
+        forget: Callable[[DomainObj], None], identity: QemuIdentity,
     ) -> None:
         self.settings = settings
+        #: who QEMU runs as
+        self.identity = identity
         self.caps = caps
         self.events = events
         self._forget = forget
@@ -102,6 +107,8 @@ class DomainRunner:
         run_dir = self.settings.domain_run_dir(live.dom_id, live.name)
         run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         obj.resources.run_dir = run_dir
+        # QEMU creates its monitor socket, pid file and channel sockets here
+        os.chown(run_dir, self.identity.uid, self.identity.gid)
         listen_defaults = {"vnc": self.settings.vnc_listen,
                            "spice": self.settings.spice_listen}
         runtime_setup.prepare_resources(obj, live, run_dir, self.display_ports,
@@ -109,32 +116,44 @@ class DomainRunner:
         serial_log_prefix = str(self.settings.qemu_log_dir / f"{live.name}-serial")
         log_path = self.log_path(live.name)
         assert live.uuid is not None
-        output = self._log_output(live, serial_log_prefix, log_path, live.uuid)
+        # the daemon (or its log writer) opens only logs inside its log directory; a
+        # <log file> elsewhere is QEMU's to open, as its own user
+        daemon_logs = [log for log in chardev_logs(live, serial_log_prefix)
+                       if safefs.is_within(self.settings.qemu_log_dir, log.path)]
+        output = self._log_output(live, daemon_logs, log_path, live.uuid)
+        log_fds = (output.chardev_fds if isinstance(output, LogPipes)
+                   else open_chardev_logs(daemon_logs))
         try:
             paths = LaunchPaths(
                 monitor_socket=str(run_dir / "monitor.sock"),
                 pidfile=str(run_dir / "qemu.pid"),
                 serial_log_prefix=serial_log_prefix,
-                log_fds=output.chardev_fds if isinstance(output, LogPipes) else {},
+                log_fds=log_fds,
             )
-            argv = build_argv(live, paths, LaunchOptions(incoming=incoming))
-        except BaseException:
+            argv = build_argv(live, paths, LaunchOptions(
+                incoming=incoming, sandbox=bool(self.settings.seccomp_sandbox)))
+            obj.process = qproc.spawn(
+                argv, output, qproc.qemu_env(self.settings.extra_env), live.uuid,
+                self.identity, [*log_fds.values(), *obj.resources.tap_fds.values()])
+        finally:
+            # QEMU has its copies (or failed): the writer sees end of file when QEMU exits
             if isinstance(output, LogPipes):
-                output.close_qemu_ends()  # the writer sees end of file and exits
-            raise
-        obj.process = qproc.spawn(argv, output, qproc.qemu_env(self.settings.extra_env),
-                                  live.uuid)
+                output.close_qemu_ends()
+            else:
+                close_fds(log_fds.values())
+            close_fds(obj.resources.tap_fds.values())
+            obj.resources.tap_fds.clear()
         await self._connect_monitor(obj, paths.monitor_socket, log_path)
         await runtime_setup.after_launch(obj, live, self.monitor(obj))
 
-    def _log_output(self, live: DomainDef, serial_log_prefix: str, log_path: Path,
+    def _log_output(self, live: DomainDef, daemon_logs: list[ChardevLog], log_path: Path,
                     uuid: str) -> Path | LogPipes:
         """QEMU's log file ("file"), or pipes to a log writer that caps them ("logd")."""
         if self.settings.stdio_handler == "file":
             return log_path
         log_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         rotation = LogRotation(self.settings.log_max_size, self.settings.log_max_backups)
-        return LogPipes.start(log_path, chardev_logs(live, serial_log_prefix), rotation, uuid)
+        return LogPipes.start(log_path, daemon_logs, rotation, uuid)
 
     async def _connect_monitor(self, obj: DomainObj, path: str, log_path: Path) -> None:
         process = obj.process

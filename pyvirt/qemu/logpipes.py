@@ -22,6 +22,7 @@ import fcntl
 import os
 import subprocess
 import sys
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -86,10 +87,6 @@ class LogPipes:
         data = text if len(text) <= limit else text[:limit - 5] + b"...\n"
         os.write(self.stdio_fd, data)
 
-    def qemu_fds(self) -> list[int]:
-        """The chardev write ends QEMU must inherit (stdout/stderr go as fd 1 and 2)."""
-        return list(self.chardev_fds.values())
-
     def close_qemu_ends(self) -> None:
         """Drop the daemon's write ends (after QEMU has its copies, or when it failed)."""
         if self._closed:
@@ -98,6 +95,28 @@ class LogPipes:
         for fd in (self.stdio_fd, *self.chardev_fds.values()):
             with contextlib.suppress(OSError):
                 os.close(fd)
+
+
+def open_chardev_logs(chardev_logs: list[ChardevLog]) -> dict[str, int]:
+    """``stdio_handler = "file"``: the daemon opens the chardev logs in its log directory
+    (QEMU's user cannot) and QEMU gets the descriptors, as with the writer's pipes."""
+    fds: dict[str, int] = {}
+    try:
+        for log in chardev_logs:
+            flags = (os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC | os.O_NOFOLLOW
+                     | (0 if log.append else os.O_TRUNC))
+            fds[log.path] = os.open(log.path, flags, 0o600)
+    except OSError as exc:
+        close_fds(fds.values())
+        raise OperationFailedError(
+            f"cannot open log file '{exc.filename}': {exc.strerror}") from exc
+    return fds
+
+
+def close_fds(fds: Iterable[int]) -> None:
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            os.close(fd)
 
 
 def _pipe() -> tuple[int, int]:

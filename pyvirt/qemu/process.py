@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pyvirt.errors import OperationFailedError
+from pyvirt.qemu.identity import QemuIdentity
 from pyvirt.qemu.logpipes import LogPipes
 
 #: how often liveness is polled while waiting for an exit
@@ -145,32 +146,31 @@ def process_matches(pid: int, uuid: str) -> bool:
 
 
 def spawn(argv: list[str], output: Path | LogPipes, env: dict[str, str],
-          uuid: str) -> QemuProcess:
-    """Start QEMU detached from our session; its output goes to ``output``: the log file
-    itself (appended), or the pipes of a log writer (whose write ends this closes)."""
+          uuid: str, identity: QemuIdentity, pass_fds: list[int]) -> QemuProcess:
+    """Start QEMU detached from our session as ``identity`` (switched before exec) with
+    ``pass_fds`` inherited; its output goes to ``output``: the log file itself (appended,
+    opened here), or the stdio pipe of a log writer (the caller closes our ends)."""
     header = (time.strftime("%Y-%m-%d %H:%M:%S%z") + ": starting up\n"
               + _render_cmdline(argv, env) + "\n").encode(errors="backslashreplace")
     if isinstance(output, LogPipes):
-        try:
-            output.write_header(header)
-            child = _popen(argv, output.stdio_fd, output.qemu_fds(), env)
-        finally:
-            output.close_qemu_ends()
+        output.write_header(header)
+        child = _popen(argv, output.stdio_fd, pass_fds, env, identity)
         return QemuProcess(pid=child.pid, uuid=uuid, child=child, log_writer=output.writer)
     output.parent.mkdir(parents=True, exist_ok=True)
     with open(output, "ab") as log:
         log.write(header)
         log.flush()
-        child = _popen(argv, log.fileno(), [], env)
+        child = _popen(argv, log.fileno(), pass_fds, env, identity)
     return QemuProcess(pid=child.pid, uuid=uuid, child=child)
 
 
 def _popen(argv: list[str], output: int, pass_fds: list[int],
-           env: dict[str, str]) -> subprocess.Popen[bytes]:
+           env: dict[str, str], identity: QemuIdentity) -> subprocess.Popen[bytes]:
     try:
         return subprocess.Popen(
             argv, stdin=subprocess.DEVNULL, stdout=output, stderr=output, env=env,
             cwd="/", close_fds=True, pass_fds=pass_fds, start_new_session=True,
+            **identity.popen_kwargs(),
         )
     except OSError as exc:
         raise OperationFailedError(f"cannot execute '{argv[0]}': {exc.strerror}") from exc

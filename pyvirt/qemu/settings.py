@@ -11,6 +11,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pyvirt.qemu.identity import DEFAULT_QEMU_GROUP, DEFAULT_QEMU_USER
+
 #: libvirt's virDomainDefGetShortName keeps the first 20 characters
 SHORT_NAME_MAX = 20
 _UNSAFE_IN_SHORT_NAME = re.compile(r"[^A-Za-z0-9_.+-]")
@@ -64,6 +66,15 @@ class DriverSettings:
     #: host name lookups: seconds a caller waits at most, threads doing them
     dns_lookup_timeout_s: float = 5.0
     dns_lookup_threads: int = 4
+    #: qemu.conf's user/group: who QEMU runs as (names or "+N"), see pyvirt.qemu.identity
+    user: str = DEFAULT_QEMU_USER
+    group: str = DEFAULT_QEMU_GROUP
+    #: hand disk images, kernels and the like to QEMU's user at start and back at stop
+    dynamic_ownership: bool = True
+    #: record the original owner (xattrs, refcounted) so the right one is given back
+    remember_owner: bool = True
+    #: QEMU's seccomp sandbox: 1 on (-sandbox on,...deny), 0 off
+    seccomp_sandbox: int = 1
 
     @property
     def config_dir(self) -> Path:
@@ -89,3 +100,6 @@ class DriverSettings:
     def ensure_dirs(self) -> None:
         for path in (self.config_dir, self.autostart_dir, self.status_dir, self.qemu_log_dir):
             path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        # QEMU (not root) must pass through run_dir to its own domain-* directory; it may
+        # not list it (status files are 0600 anyway)
+        self.status_dir.chmod(0o711)

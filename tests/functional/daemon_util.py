@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from pyvirt.daemon.loopwatch import LAG_MESSAGE_PREFIX
+from tests.conftest import fake_runs_as_root
 
 FAKE_QEMU = Path(__file__).resolve().parent.parent / "fakes" / "fake_qemu.py"
 REAL_QEMU = "/usr/bin/qemu-system-x86_64"
@@ -170,7 +171,8 @@ def start_daemon(root: Path, *, emulator: str = REAL_QEMU, conf: dict[str, Any] 
                  qemu_conf: dict[str, Any] | None = None, listen: bool = False,
                  wrapper: tuple[str, ...] = ()) -> DaemonHandle:
     """``wrapper``: a command that execs the daemon's argv (appended), e.g. ``unshare``."""
-    config = write_configs(root, conf or {}, {"emulator": emulator, **(qemu_conf or {})})
+    qemu_settings = {"emulator": emulator, **fake_runs_as_root(emulator), **(qemu_conf or {})}
+    config = write_configs(root, conf or {}, qemu_settings)
     argv = [*wrapper, sys.executable, "-m", "pyvirt.daemon", "--config", str(config)]
     if listen:
         argv.append("--listen")
@@ -226,6 +228,7 @@ def kill_processes_mentioning(root: Path) -> list[int]:
 @contextlib.contextmanager
 def running_daemon(**kwargs: Any) -> Iterator[DaemonHandle]:
     root = Path(tempfile.mkdtemp(prefix="pvd-", dir="/tmp"))
+    root.chmod(0o711)  # QEMU's user passes through to its run directory
     handle = None
     try:
         if kwargs.get("emulator") == "fake":

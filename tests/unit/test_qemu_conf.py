@@ -237,9 +237,24 @@ def test_not_yet_key_refused_unless_default(key: Key) -> None:
 
 
 def test_values_matching_what_pyvirt_does_are_accepted() -> None:
-    text = 'security_driver = [ "none" ]\ndynamic_ownership = 0\nnamespaces = [ ]\n'
+    text = 'security_driver = [ "none" ]\nnamespaces = [ ]\n'
     assert parse(text) == QemuConfig()
     assert error('security_driver = "selinux"').reason.startswith("'security_driver'")
+
+
+def test_qemu_identity_and_confinement_keys() -> None:
+    default = parse("")
+    assert (default.user, default.group) == ("pyvirt-qemu", "pyvirt-qemu")
+    assert default.dynamic_ownership and default.remember_owner
+    assert default.seccomp_sandbox == 1
+    cfg = parse('user = "+107"\ngroup = "kvm"\ndynamic_ownership = 0\nremember_owner = 0\n'
+                "seccomp_sandbox = 0\n")
+    assert (cfg.user, cfg.group, cfg.dynamic_ownership, cfg.remember_owner,
+            cfg.seccomp_sandbox) == ("+107", "kvm", False, False, 0)
+    assert parse("seccomp_sandbox = -1").seccomp_sandbox == 1  # libvirt's "QEMU default"
+    assert "must be -1, 0 or 1" in error("seccomp_sandbox = 2").reason
+    assert "invalid user or group" in error('user = "+x"').reason
+    assert "invalid user or group" in error('group = ""').reason
 
 
 def test_schema_covers_libvirts_qemu_conf_keys() -> None:
