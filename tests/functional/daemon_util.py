@@ -140,8 +140,9 @@ def write_configs(root: Path, conf: dict[str, Any], qemu_conf: dict[str, Any]) -
         "host_uuid": HOST_UUID, "qemu_conf": str(root / "qemu.conf"),
     }
     base.update(conf)
+    emulator = qemu_conf.get("emulator", REAL_QEMU)
     (root / "pyvirtd.conf").write_text(_render(base))
-    (root / "qemu.conf").write_text(_render(qemu_conf))
+    (root / "qemu.conf").write_text(_render({**fake_runs_as_root(emulator), **qemu_conf}))
     return root / "pyvirtd.conf"
 
 
@@ -171,8 +172,7 @@ def start_daemon(root: Path, *, emulator: str = REAL_QEMU, conf: dict[str, Any] 
                  qemu_conf: dict[str, Any] | None = None, listen: bool = False,
                  wrapper: tuple[str, ...] = ()) -> DaemonHandle:
     """``wrapper``: a command that execs the daemon's argv (appended), e.g. ``unshare``."""
-    qemu_settings = {"emulator": emulator, **fake_runs_as_root(emulator), **(qemu_conf or {})}
-    config = write_configs(root, conf or {}, qemu_settings)
+    config = write_configs(root, conf or {}, {"emulator": emulator, **(qemu_conf or {})})
     argv = [*wrapper, sys.executable, "-m", "pyvirt.daemon", "--config", str(config)]
     if listen:
         argv.append("--listen")
