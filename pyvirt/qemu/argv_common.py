@@ -26,6 +26,9 @@ class LaunchPaths:
     #: chardev log file → the fd (same number in QEMU) of the log writer's pipe for it;
     #: a log not listed is a file QEMU opens itself (``stdio_handler = "file"``)
     log_fds: Mapping[str, int] = field(default_factory=dict)
+    #: tap device name → the fd (same number in QEMU) of the queue the driver opened for it
+    #: (QEMU runs unprivileged and cannot open /dev/net/tun)
+    tap_fds: Mapping[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -114,19 +114,23 @@ NIC_MODELS = {
 DEFAULT_NIC_MODEL = "rtl8139"
 
 
-def _netdev_user(net: InterfaceDef, netdev_id: str) -> str:
+def _netdev_user(ctx: Ctx, net: InterfaceDef, netdev_id: str) -> str:
     return keyval("user", [("id", netdev_id)])
 
 
-def _netdev_bridge(net: InterfaceDef, netdev_id: str) -> str:
-    # The driver creates the tap and enslaves it to the bridge, so QEMU must not run scripts
+def _netdev_bridge(ctx: Ctx, net: InterfaceDef, netdev_id: str) -> str:
+    # The driver creates the tap, enslaves it to the bridge and opens a queue of it that QEMU
+    # inherits (libvirt's fd= form): QEMU's user may not open /dev/net/tun nor run scripts.
+    # With fd= QEMU reads the virtio-net header flag from the tap itself.
     if net.target_dev is None:
         raise InternalError(f"tap device for interface {netdev_id} not allocated")
-    return keyval("tap", [("id", netdev_id), ("ifname", net.target_dev),
-                          ("script", "no"), ("downscript", "no")])
+    fd = ctx.paths.tap_fds.get(net.target_dev)
+    if fd is None:
+        raise InternalError(f"tap device {net.target_dev} for interface {netdev_id} not opened")
+    return keyval("tap", [("id", netdev_id), ("fd", fd)])
 
 
-NETDEVS: dict[str, Callable[[InterfaceDef, str], str]] = {
+NETDEVS: dict[str, Callable[[Ctx, InterfaceDef, str], str]] = {
     "user": _netdev_user,
     "bridge": _netdev_bridge,
 }
@@ -145,7 +149,7 @@ def build_interface(ctx: Ctx, index: int, net: InterfaceDef) -> list[str]:
     props = [("netdev", netdev_id), ("id", alias), ("mac", net.mac),
              ("bootindex", ctx.bootindex("net", index, net.boot_order)),
              *ctx.pci_props(net.address, what)]
-    return ["-netdev", netdev(net, netdev_id), *device(driver, props)]
+    return ["-netdev", netdev(ctx, net, netdev_id), *device(driver, props)]
 
 
 # --- inputs ------------------------------------------------------------------------------

@@ -129,6 +129,7 @@ class DomainRunner:
                 pidfile=str(run_dir / "qemu.pid"),
                 serial_log_prefix=serial_log_prefix,
                 log_fds=log_fds,
+                tap_fds=obj.resources.tap_fds,
             )
             argv = build_argv(live, paths, LaunchOptions(
                 incoming=incoming, sandbox=bool(self.settings.seccomp_sandbox)))

@@ -3,7 +3,9 @@
 Ports are checked by binding them (another program may hold one) and remembered in a
 driver-wide set so two guests starting at once never get the same port. Tap devices are
 created and attached to the bridge the XML names with the kernel's ioctls, as libvirt does
-(``virNetDevTapCreate``, ``virNetDevBridgeAddPort``).
+(``virNetDevTapCreate``, ``virNetDevBridgeAddPort``). QEMU runs unprivileged and cannot
+open ``/dev/net/tun`` (root's only): the daemon opens a queue of the tap and QEMU inherits
+it (``-netdev tap,fd=N``, libvirt's way).
 
 Nothing here may block the daemon's event loop, so nothing here resolves a name or runs a
 program: a listen address that is a host name is checked on the wildcard addresses (free
@@ -100,8 +102,12 @@ def _bindable(address: str, port: int, *, v6only: bool) -> bool:
 #: <linux/if_tun.h> and <linux/sockios.h>
 _TUNSETIFF = 0x400454CA
 _TUNSETPERSIST = 0x400454CB
+_TUNGETIFF = 0x800454D2
 _IFF_TAP = 0x0002
 _IFF_NO_PI = 0x1000
+#: frames carry a virtio-net header (QEMU probes the fd for it; libvirt sets it for virtio)
+_IFF_VNET_HDR = 0x4000
+_IFF_PERSIST = 0x0800
 #: TUNSETIFF fails with EBUSY instead of attaching to an existing device
 _IFF_TUN_EXCL = 0x8000
 _SIOCGIFFLAGS = 0x8913
@@ -137,6 +143,29 @@ def create_tap(bridge: str, taken: set[str]) -> str:
             raise
         return name
     raise OperationFailedError(f"no free tap device name (vnet0-vnet{_MAX_TAPS - 1})")
+
+
+def open_tap_queue(name: str, *, vnet_hdr: bool) -> int:
+    """An open queue (fd) of the existing persistent tap ``name``, for QEMU to inherit.
+
+    ``vnet_hdr`` for a virtio NIC: QEMU reads the flag back from the fd (``vnet_hdr=`` is
+    refused next to ``fd=``) and then hands the guest's offloads to the host.
+    """
+    _check_ifname(name)
+    flags = _IFF_TAP | _IFF_NO_PI | (_IFF_VNET_HDR if vnet_hdr else 0)
+    fd = os.open("/dev/net/tun", os.O_RDWR | os.O_CLOEXEC)
+    try:
+        fcntl.ioctl(fd, _TUNSETIFF, _ifreq(name, struct.pack("H", flags)))
+        got = fcntl.ioctl(fd, _TUNGETIFF, _ifreq(name, b""))
+    except OSError as exc:
+        os.close(fd)
+        raise OperationFailedError(f"Unable to open tap device {name}: "
+                                   f"{os.strerror(exc.errno or 0)}") from None
+    if not struct.unpack_from("H", got, _IFNAMSIZ)[0] & _IFF_PERSIST:
+        # TUNSETIFF made a new device: ours was deleted meanwhile (closing drops this one)
+        os.close(fd)
+        raise OperationFailedError(f"tap device {name} disappeared")
+    return fd
 
 
 def delete_tap(name: str) -> None:

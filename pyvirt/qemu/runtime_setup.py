@@ -1,6 +1,7 @@
 """Runtime values of a starting domain, filled in the live definition.
 
-Before argv: display ports for autoport graphics, tap devices for bridged interfaces,
+Before argv: display ports for autoport graphics, tap devices for bridged interfaces
+(each with an open queue QEMU inherits: it cannot open ``/dev/net/tun`` as its own user),
 socket paths for unix channels without one. After QEMU is up: the pty each serial got,
 the graphics passwords (set over QMP, never on the command line). All of it is recorded
 in the live XML, so a restarted daemon knows what to release.
@@ -8,12 +9,14 @@ in the live XML, so a restarted daemon knows what to release.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
 from pyvirt import safefs
-from pyvirt.conf.domain import CharDevDef, DomainDef
+from pyvirt.conf.domain import CharDevDef, DomainDef, InterfaceDef
 from pyvirt.qemu import resources
 from pyvirt.qemu.argv_aliases import assign_aliases
 from pyvirt.qemu.domain_obj import DomainObj, RuntimeResources
@@ -38,10 +41,7 @@ def prepare_resources(obj: DomainObj, live: DomainDef, run_dir: Path,
             obj.resources.graphics_ports.append(graphics.tls_port)
     for iface in live.devices.interfaces:
         if iface.type == "bridge":
-            assert iface.source_bridge is not None
-            iface.target_dev = resources.create_tap(
-                iface.source_bridge, set(obj.resources.tap_devices))
-            obj.resources.tap_devices.append(iface.target_dev)
+            _take_tap(obj.resources, iface)
     for position, channel in enumerate(live.devices.channels):
         if channel.type == "unix" and not channel.source_path:
             # validated as one file-name component (domain_validate), checked again here
@@ -49,6 +49,17 @@ def prepare_resources(obj: DomainObj, live: DomainDef, run_dir: Path,
                                             "channel target name")
             channel.source_path = str(run_dir / target)
             channel.source_mode = channel.source_mode or "bind"
+
+
+def _take_tap(held: RuntimeResources, iface: InterfaceDef) -> None:
+    """A tap on the interface's bridge and a queue of it for QEMU, each recorded in
+    ``held`` the moment it exists, so a failed start releases whatever was taken."""
+    assert iface.source_bridge is not None
+    name = resources.create_tap(iface.source_bridge, set(held.tap_devices))
+    held.tap_devices.append(name)
+    iface.target_dev = name
+    # libvirt's rule: virtio NICs get the virtio-net header on the tap
+    held.tap_fds[name] = resources.open_tap_queue(name, vnet_hdr=iface.model == "virtio")
 
 
 async def after_launch(obj: DomainObj, live: DomainDef, monitor: Monitor) -> None:
@@ -80,6 +91,10 @@ def _record_pty_paths(live: DomainDef, chardevs: list[dict[str, Any]]) -> None:
 def release_resources(obj: DomainObj, ports: PortAllocator) -> None:
     for port in obj.resources.graphics_ports:
         ports.release(port)
+    # a start that failed before QEMU was spawned still holds the queues it opened
+    for fd in obj.resources.tap_fds.values():
+        with contextlib.suppress(OSError):
+            os.close(fd)
     for tap in obj.resources.tap_devices:
         resources.delete_tap(tap)
     if obj.resources.run_dir is not None:

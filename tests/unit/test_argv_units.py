@@ -495,7 +495,11 @@ def test_bridge_needs_tap() -> None:
     with pytest.raises(InternalError, match="tap"):
         argv_of(dom)
     net.target_dev = "vnet7"
-    assert one(argv_of(dom), "-netdev") == "tap,id=hostnet0,ifname=vnet7,script=no,downscript=no"
+    with pytest.raises(InternalError, match="not opened"):  # QEMU may not open the tap
+        argv_of(dom)
+    paths = LaunchPaths(PATHS.monitor_socket, PATHS.pidfile, PATHS.serial_log_prefix,
+                        tap_fds={"vnet7": 23})
+    assert one(build_argv(dom, paths, LaunchOptions()), "-netdev") == "tap,id=hostnet0,fd=23"
 
 
 @pytest.mark.parametrize("net", [

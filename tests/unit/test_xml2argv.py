@@ -2,7 +2,7 @@
 
 Each input is parsed, completed by ``apply_defaults`` with a fixed host (so the output
 never depends on the machine running the tests), given deterministic runtime values (what
-the driver would allocate: ports, taps, channel paths) and rendered with
+the driver would allocate: ports, taps and the fds of their queues, channel paths) and rendered with
 :func:`format_args`. Conventions:
 
 * ``NAME-incoming.xml`` is built as a migration destination (``-incoming defer``);
@@ -78,11 +78,19 @@ def fill_runtime(dom: DomainDef) -> None:
             chan.source_path = f"{run}/{chan.target_name or f'channel{i}'}"
 
 
-def launch_paths(name: str) -> LaunchPaths:
+#: first fd number given to the tap queues of a golden (what QEMU would inherit)
+FIRST_TAP_FD = 30
+
+
+def launch_paths(dom: DomainDef) -> LaunchPaths:
+    name = dom.name
+    taps = [net.target_dev for net in dom.devices.interfaces
+            if net.type == "bridge" and net.target_dev is not None]
     return LaunchPaths(
         monitor_socket=f"/run/pyvirt/qemu/{name}/monitor.sock",
         pidfile=f"/run/pyvirt/qemu/{name}/qemu.pid",
         serial_log_prefix=f"/var/log/pyvirt/qemu/{name}-serial",
+        tap_fds={tap: FIRST_TAP_FD + i for i, tap in enumerate(taps)},
     )
 
 
@@ -102,7 +110,7 @@ def check_golden(path: Path, actual: str) -> None:
 def test_xml2argv(case: str) -> None:
     dom = load(case)
     fill_runtime(dom)
-    argv = build_argv(dom, launch_paths(dom.name), launch_options(case))
+    argv = build_argv(dom, launch_paths(dom), launch_options(case))
     check_golden(DATA / f"{case}.args", format_args(argv))
 
 
@@ -110,9 +118,9 @@ def test_xml2argv(case: str) -> None:
 def test_assigned_aliases_are_the_argv_ids(case: str) -> None:
     dom = load(case)
     fill_runtime(dom)
-    before = build_argv(dom, launch_paths(dom.name))
+    before = build_argv(dom, launch_paths(dom))
     assign_aliases(dom)
-    assert build_argv(dom, launch_paths(dom.name)) == before
+    assert build_argv(dom, launch_paths(dom)) == before
     ids = {p[3:] for a in before for p in a.split(",") if p.startswith("id=")}
     devices = dom.devices
     aliases = {*(d.alias for d in devices.disks), *(n.alias for n in devices.interfaces),
@@ -125,7 +133,7 @@ def test_xml2argv_refused(case: str) -> None:
     dom = load(case)
     fill_runtime(dom)
     with pytest.raises(VirtError) as info:
-        build_argv(dom, launch_paths(dom.name))
+        build_argv(dom, launch_paths(dom))
     check_golden(DATA / f"{case}.err", f"{info.value}\n")
 
 
