@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import fcntl
+import grp
 import importlib.util
 import json
 import logging
@@ -52,6 +53,7 @@ from typing import TypeVar
 from pyvirt.lab import netns as ns
 from pyvirt.lab import sshd
 from pyvirt.lab.netns import LabError as LabError  # re-exported: the API raises it
+from pyvirt.qemu.identity import DEFAULT_QEMU_GROUP
 
 _Parser = TypeVar("_Parser", bound=argparse.ArgumentParser)
 
@@ -463,10 +465,24 @@ def _ensure_mount_targets() -> None:
     _write_if_changed(record, json.dumps(sorted(set(created))))
 
 
+def _prepare_shared_dir(shared: Path) -> None:
+    """The lab's shared storage, set up as an operator sets up an NFS export for QEMU:
+    QEMU's group may create files there (e.g. the unix socket of ``--disks-uri unix://``,
+    which the destination's QEMU creates as its own user), new files keep that group."""
+    shared.mkdir(exist_ok=True)
+    try:
+        gid = grp.getgrnam(DEFAULT_QEMU_GROUP).gr_gid
+    except KeyError:
+        raise LabError(f"group {DEFAULT_QEMU_GROUP} does not exist: run 'make setup'") \
+            from None
+    os.chown(shared, 0, gid)
+    shared.chmod(0o2775)
+
+
 def _prepare_lab() -> None:
     """The parts every host shares: the bridge, dirs, mount targets, the lab key."""
     LAB_ROOT.mkdir(mode=0o755, parents=True, exist_ok=True)
-    (LAB_ROOT / "shared").mkdir(exist_ok=True)
+    _prepare_shared_dir(LAB_ROOT / "shared")
     _ensure_mount_targets()
     ns.ensure_private_dir(LAB_ROOT / "mntns")
     sshd.ensure_lab_key(LAB_ROOT / "ssh")
