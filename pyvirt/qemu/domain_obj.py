@@ -20,6 +20,7 @@ from pyvirt.constants import DomainState, PausedReason, RunningReason
 from pyvirt.errors import OperationInvalidError, OperationTimeoutError
 from pyvirt.qemu.migration.job import MigrationJob
 from pyvirt.qemu.monitor import Monitor
+from pyvirt.qemu.ownership import OwnedFile
 from pyvirt.qemu.process import QemuProcess
 
 log = logging.getLogger(__name__)
@@ -34,6 +35,8 @@ class RuntimeResources:
     tap_devices: list[str] = field(default_factory=list)
     #: tap name → an open queue of it, for QEMU to inherit (closed once QEMU has it)
     tap_fds: dict[str, int] = field(default_factory=dict)
+    #: files handed to QEMU's user, to give back at stop (dynamic_ownership; ownership.py)
+    owned_files: list[OwnedFile] = field(default_factory=list)
 
 
 @dataclass

@@ -1,10 +1,13 @@
 """Starting, stopping and re-attaching QEMU processes for domains.
 
 Start (libvirt's order): take resources (id, run dir, display ports, taps, channel
-paths) → start the log writer and its pipes (``stdio_handler = "logd"``) → build argv
-(pure) → spawn QEMU with ``-S`` → connect QMP → read back pty paths →
-set graphics passwords → ``cont`` (unless started paused) → record status. Any failure
-undoes every step so no process, socket, port or tap is left behind.
+paths) → hand the guest's files to QEMU's user (ownership.py) → start the log writer
+and its pipes (``stdio_handler = "logd"``) → build argv (pure) → spawn QEMU with ``-S``
+→ connect QMP → read back pty paths → set graphics passwords → ``cont`` (unless started
+paused) → record status. Any failure undoes every step so no process, socket, port or
+tap is left behind, and gives every file back. Stop gives them back once QEMU is gone
+(except what the peer of a migration uses on shared storage), as does a restarted daemon
+that finds QEMU gone.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from pyvirt.qemu.events import DomainEvent, EventBus
 from pyvirt.qemu.identity import QemuIdentity
 from pyvirt.qemu.logpipes import LogPipes, LogRotation, close_fds, open_chardev_logs
 from pyvirt.qemu.monitor import Monitor
+from pyvirt.qemu.ownership import DacLabeller
 from pyvirt.qemu.qmp_events import QmpEventHandler
 from pyvirt.qemu.resources import PortAllocator
 from pyvirt.qemu.settings import DriverSettings
@@ -70,6 +74,8 @@ class DomainRunner:
             "display")
         self._next_id = 1
         self.qmp_events = QmpEventHandler(self)
+        #: hands files to QEMU's user and back (dynamic_ownership)
+        self.ownership = DacLabeller(settings, identity)
         #: called when a domain's QEMU is gone, before it may be forgotten (migration
         #: jobs give their ports back here)
         self.stop_listeners: list[Callable[[DomainObj], None]] = []
@@ -113,6 +119,7 @@ class DomainRunner:
                            "spice": self.settings.spice_listen}
         runtime_setup.prepare_resources(obj, live, run_dir, self.display_ports,
                                         listen_defaults)
+        self.ownership.label(live, obj.resources.owned_files)
         serial_log_prefix = str(self.settings.qemu_log_dir / f"{live.name}-serial")
         log_path = self.log_path(live.name)
         assert live.uuid is not None
@@ -204,7 +211,7 @@ class DomainRunner:
     async def _finish_stop(self, obj: DomainObj, reason: ShutoffReason,
                            detail: EventStoppedDetail) -> None:
         name, uuid, dom_id = obj.name, obj.uuid, obj.dom_id
-        await self._teardown(obj)
+        await self._teardown(obj, reason)
         for listener in list(self.stop_listeners):
             listener(obj)
         obj.set_state(DomainState.SHUTOFF, reason)
@@ -225,7 +232,8 @@ class DomainRunner:
             log.warning("[dom=%s] QEMU exited unexpectedly", obj.name)
             await self._finish_stop(obj, ShutoffReason.CRASHED, EventStoppedDetail.FAILED)
 
-    async def _teardown(self, obj: DomainObj) -> None:
+    async def _teardown(self, obj: DomainObj,
+                        reason: ShutoffReason = ShutoffReason.FAILED) -> None:
         if obj.monitor is not None:
             await obj.monitor.close()
             obj.monitor = None
@@ -241,6 +249,9 @@ class DomainRunner:
                             process.pid)
             process.reap()  # what has exited; never a blocking wait on the loop
             obj.process = None
+        # taken before any await: a concurrent teardown must not give a file back twice
+        owned, obj.resources.owned_files = obj.resources.owned_files, []
+        self.ownership.restore(owned, migrated=_peer_uses_files(obj, reason))
         runtime_setup.release_resources(obj, self.display_ports)
         self.status_store.remove(obj.name)
         obj.live = None
@@ -257,6 +268,7 @@ class DomainRunner:
         assert live.uuid is not None
         self._next_id = max(self._next_id, live.dom_id + 1)
         if not qproc.process_matches(status.pid, live.uuid):
+            self.ownership.restore(status.owned_files, migrated=False)
             self.status_store.remove(status.live.name)
             runtime_setup.release_resources_of(live, Path(status.run_dir))
             return False
@@ -264,6 +276,8 @@ class DomainRunner:
         obj.process = qproc.QemuProcess(pid=status.pid, uuid=live.uuid)
         obj.resources = runtime_setup.resources_of(live, Path(status.run_dir),
                                                    self.display_ports)
+        obj.resources.owned_files = status.owned_files
+        self.ownership.adopt(status.owned_files)
         obj.set_state(status.state, status.reason)
         obj.monitor = self._new_monitor(obj)
         await obj.monitor.connect(status.monitor_path, self.settings.monitor_timeout_s,
@@ -286,7 +300,8 @@ class DomainRunner:
             state=obj.state, reason=obj.reason, pid=obj.process.pid,
             persistent=obj.persistent,
             monitor_path=str(obj.resources.run_dir / "monitor.sock"),
-            run_dir=str(obj.resources.run_dir), live=obj.live)
+            run_dir=str(obj.resources.run_dir), live=obj.live,
+            owned_files=list(obj.resources.owned_files))
         self.status_store.write(obj.name, format_status(status))
 
     def emit(self, obj: DomainObj, event: LifecycleEvent, detail: int) -> None:
@@ -307,6 +322,14 @@ class DomainRunner:
         """Run a follow-up action (e.g. on_poweroff) outside the QMP event callback."""
         task = asyncio.get_running_loop().create_task(coro, name=what)
         task.add_done_callback(_log_task_failure)
+
+
+def _peer_uses_files(obj: DomainObj, reason: ShutoffReason) -> bool:
+    """libvirt's VIR_QEMU_PROCESS_STOP_MIGRATED: the source after a migration out, or the
+    destination of an incoming one that failed; the other host runs the guest on the
+    shared files then, so they are not given back (ownership.py)."""
+    job = obj.migration
+    return reason == ShutoffReason.MIGRATED or (job is not None and not job.outgoing)
 
 
 def _log_task_failure(task: asyncio.Task[Any]) -> None:

@@ -5,13 +5,20 @@ Enough to find a running QEMU again after pyvirtd restarts, as libvirt's ``<doms
     <domstatus state='running' reason='booted' pid='4242' persistent='yes'>
       <monitor path='/run/pyvirt/qemu/domain-1-g1/monitor.sock'/>
       <rundir path='/run/pyvirt/qemu/domain-1-g1'/>
+      <ownership>
+        <file path='/var/lib/pyvirt/images/g1.qcow2' dev='2049' ino='1234'
+              remembered='xattr' owner='+0:+0'/>
+      </ownership>
       <domain type='qemu' id='1'> ... live XML ... </domain>
     </domstatus>
+
+``<ownership>`` (pyvirt's): the files handed to QEMU's user that are to be given back at
+stop, with their original owner (pyvirt.qemu.ownership), so a restarted daemon can.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from xml.etree import ElementTree as ET
 from xml.sax.saxutils import quoteattr
 
@@ -22,6 +29,8 @@ from pyvirt.conf.domain_format import format_domain_xml
 from pyvirt.conf.domain_parse import parse_domain_xml
 from pyvirt.constants import DomainState
 from pyvirt.errors import InternalError
+from pyvirt.qemu.owner_xattrs import Owner
+from pyvirt.qemu.ownership import OwnedFile, RememberedBy
 
 
 @dataclass
@@ -33,6 +42,8 @@ class DomainStatus:
     monitor_path: str
     run_dir: str
     live: DomainDef
+    #: files to give back at stop (dynamic_ownership)
+    owned_files: list[OwnedFile] = field(default_factory=list)
 
 
 def format_status(status: DomainStatus) -> str:
@@ -44,6 +55,7 @@ def format_status(status: DomainStatus) -> str:
         f" persistent='{'yes' if status.persistent else 'no'}'>\n"
         f"  <monitor path={quoteattr(status.monitor_path)}/>\n"
         f"  <rundir path={quoteattr(status.run_dir)}/>\n"
+        f"{_format_owned(status.owned_files)}"
         f"{indented}\n"
         "</domstatus>\n"
     )
@@ -65,6 +77,23 @@ def parse_status(text: str) -> DomainStatus:
             monitor_path=monitor.attrib["path"],
             run_dir=run_dir.attrib["path"],
             live=parse_domain_xml(ET.tostring(domain, encoding="unicode")),
+            owned_files=[_parse_owned(item) for item in root.iterfind("ownership/file")],
         )
     except (ET.ParseError, KeyError, ValueError) as exc:
         raise InternalError(f"corrupt domain status file: {exc}") from exc
+
+
+def _format_owned(owned: list[OwnedFile]) -> str:
+    if not owned:
+        return ""
+    lines = [f"    <file path={quoteattr(item.path)} dev='{item.dev}' ino='{item.ino}'"
+             f" remembered='{item.remembered.value}' owner='{item.original.label()}'/>\n"
+             for item in owned]
+    return "  <ownership>\n" + "".join(lines) + "  </ownership>\n"
+
+
+def _parse_owned(item: ET.Element) -> OwnedFile:
+    return OwnedFile(path=item.attrib["path"], dev=int(item.attrib["dev"]),
+                     ino=int(item.attrib["ino"]),
+                     remembered=RememberedBy(item.attrib["remembered"]),
+                     original=Owner.parse(item.attrib["owner"]))

@@ -60,8 +60,13 @@ def on_shared_storage(disk: DiskDef, shared: tuple[str, ...]) -> bool:
     """A network disk, or a file under one of ``shared`` (qemu.conf shared_filesystems)."""
     if disk.type not in ("file", "block"):
         return True
-    path = os.path.realpath(disk.source or "")
-    return any(path == root or path.startswith(root.rstrip("/") + "/")
+    return under_shared_filesystems(disk.source or "", shared)
+
+
+def under_shared_filesystems(path: str, shared: tuple[str, ...]) -> bool:
+    """``path`` (symlinks resolved) is one of ``shared`` or below one of them."""
+    real = os.path.realpath(path)
+    return any(real == root or real.startswith(root.rstrip("/") + "/")
                for root in (os.path.realpath(r) for r in shared))
 
 
