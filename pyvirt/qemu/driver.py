@@ -29,7 +29,7 @@ from pyvirt.constants import (
 )
 from pyvirt.errors import NoDomainError, OperationFailedError, OperationInvalidError
 from pyvirt.hostnames import NameResolver
-from pyvirt.qemu import domain_ops
+from pyvirt.qemu import devacl, domain_ops
 from pyvirt.qemu.capabilities import QemuCaps, probe
 from pyvirt.qemu.domain_obj import DomainObj
 from pyvirt.qemu.events import EventBus
@@ -64,6 +64,7 @@ class QemuDriver:
     async def initialize(self, autostart: bool = False) -> None:
         """Load definitions, re-attach running QEMUs, then start autostart domains."""
         self.settings.ensure_dirs()
+        devacl.grant_qemu_devices(self.identity)  # /dev/kvm, /dev/userfaultfd: QEMU opens them
         for name in self.config_store.names():
             definition = self._load_config(name)
             if definition is not None:
