@@ -22,7 +22,8 @@ root:root). ``remember_owner = 0``: files go back to root:root, as libvirt.
 
 Every record (path, device and inode, how the owner is kept, the owner) is in the domain's
 status, so a daemon that was killed restores after it restarts: at the guest's stop, or at
-once if QEMU died meanwhile.
+once if QEMU died meanwhile. A file that is not QEMU's any more when it would be given
+back (replaced, or chowned by the operator meanwhile) is left alone.
 
 A migration that succeeded, or an incoming one that failed, stops a QEMU whose files the
 peer host now uses (libvirt's ``VIR_QEMU_PROCESS_STOP_MIGRATED``): files on shared storage
@@ -296,8 +297,14 @@ class DacLabeller:
                             "alone", safefs.shown(record.path))
                 return
             owner = self._owner_to_restore(record, opened, migrated)
-            if owner is not None:
-                _chown(opened, owner)
+            if owner is None:
+                return
+            if opened.owner != self.qemu_owner:
+                # replaced, or chowned by someone else since: their choice stands
+                log.warning("%s is no longer owned by QEMU's user: its owner is left "
+                            "alone", safefs.shown(record.path))
+                return
+            _chown(opened, owner)
 
     def _owner_to_restore(self, record: OwnedFile, opened: _Opened,
                           migrated: bool) -> Owner | None:
