@@ -1,0 +1,54 @@
+"""The queue of a tap the daemon opens for QEMU (``-netdev tap,fd=N``), in a private network
+namespace so no interface of this machine is touched."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+QUEUE_SCRIPT = textwrap.dedent("""
+    import fcntl, json, os, struct, subprocess
+    from pyvirt.errors import OperationFailedError
+    from pyvirt.qemu import resources
+    subprocess.run(["ip", "link", "add", "br-q", "type", "bridge"], check=True)
+    name = resources.create_tap("br-q", set())
+    report = {}
+    for vnet_hdr in (True, False):
+        fd = resources.open_tap_queue(name, vnet_hdr=vnet_hdr)
+        got = fcntl.ioctl(fd, resources._TUNGETIFF, bytes(40))
+        report[f"flags_{vnet_hdr}"] = struct.unpack_from("H", got, 16)[0]
+        resources.delete_tap(name)  # refused by the kernel while QEMU holds the queue
+        report[f"kept_{vnet_hdr}"] = name in os.listdir("/sys/class/net")
+        os.close(fd)
+    resources.delete_tap(name)
+    try:
+        resources.open_tap_queue("vnet9", vnet_hdr=False)  # no such tap: not created
+    except OperationFailedError as exc:
+        report["missing"] = str(exc)
+    report["after"] = sorted(os.listdir("/sys/class/net"))
+    print(json.dumps(report))
+""")
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("unshare") is None
+                    or not os.path.exists("/dev/net/tun"), reason="needs root and tun")
+def test_queue_flags_and_a_vanished_tap() -> None:
+    inner = f"mount -t sysfs sysfs /sys && exec {sys.executable} -c '{QUEUE_SCRIPT}'"
+    proc = subprocess.run(["unshare", "--net", "--mount", "--propagation", "private",
+                           "sh", "-c", inner], capture_output=True, text=True, timeout=30,
+                          cwd=Path(__file__).resolve().parents[2])
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    tap, no_pi, vnet_hdr, persist = 0x0002, 0x1000, 0x4000, 0x0800
+    assert report["flags_True"] == tap | no_pi | vnet_hdr | persist
+    assert report["flags_False"] == tap | no_pi | persist
+    assert report["kept_True"] and report["kept_False"]
+    assert report["missing"] == "operation failed: tap device vnet9 disappeared"
+    assert report["after"] == ["br-q", "lo"]
