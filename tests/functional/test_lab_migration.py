@@ -11,6 +11,7 @@ test_lab_migration_options.py.
 from __future__ import annotations
 
 import os
+import pwd
 import shutil
 import signal
 import subprocess
@@ -25,6 +26,8 @@ import pytest
 
 from pyvirt.lab.guest import domain_xml
 from pyvirt.lab.hosts import LabHost, lab_up
+from pyvirt.qemu import owner_xattrs
+from pyvirt.qemu.owner_xattrs import Owner
 from tests.functional.daemon_util import run
 from tests.functional.guestlog import SerialLog
 from tests.functional.labutil import serial, two_hosts
@@ -48,6 +51,16 @@ from tests.functional.migrationutil import (
     virsh,
     wait_daemon_gone,
     wait_qemu,
+)
+from tests.functional.storageutil import (
+    SHARED,
+    Disk,
+    disk_progress,
+    make_image,
+    on_host,
+    remove_images,
+    start,
+    wait_disk,
 )
 
 pytestmark = [pytest.mark.qemu, pytest.mark.lab]
@@ -246,6 +259,42 @@ def test_unsafe_local_disk_refused(hosts: list[LabHost], tmp_path: Path) -> None
     assert virsh(src.uri, "domstate", "m-disk")[1] == "running\n\n"
     cleanup(src, "m-disk")
     run(host_exec_argv(src, ["rm", "-f", str(image)]))
+
+
+def test_shared_disk_ownership_is_left_to_the_destination(hosts: list[LabHost],
+                                                          tmp_path: Path) -> None:
+    # Checks (dynamic ownership, issue 11): a disk on shared storage owned 4242:4242 mode
+    # 0600 is pyvirt-qemu's while the guest runs, its owner recorded once; after a
+    # successful migration the source's stop does not give it back (the destination's QEMU
+    # uses it): still pyvirt-qemu's, one reference left (the destination's) naming
+    # 4242:4242, the guest keeps writing its disk there; destroy on the destination gives
+    # 4242:4242 back and removes the record.
+    src, dst = hosts
+    disk = Disk(f"{SHARED}/m-own.raw", "raw")
+    make_image(src, disk.path, "raw", 64)
+    image = on_host(src, disk.path)
+    os.chown(image, 4242, 4242)
+    image.chmod(0o600)
+    qemu = pwd.getpwnam("pyvirt-qemu")
+    try:
+        src_log = start(src, "m-own", tmp_path, [disk])
+        assert (image.stat().st_uid, image.stat().st_gid) == (qemu.pw_uid, qemu.pw_gid)
+        assert owner_xattrs.read_record(str(image)) == (1, Owner(4242, 4242))
+        rc, _, err = virsh(src.uri, "migrate", "--live", "m-own", dst.uri)
+        assert rc == 0, err
+        assert virsh(dst.uri, "domstate", "--reason", "m-own")[1] == "running (migrated)\n\n"
+        assert not qemu_pids(src, "m-own")
+        assert (image.stat().st_uid, image.stat().st_gid) == (qemu.pw_uid, qemu.pw_gid)
+        assert owner_xattrs.read_record(str(image)) == (1, Owner(4242, 4242))
+        at_switch = max(gen for gen, *_ in disk_progress(src_log))
+        wait_disk(serial(dst, "m-own"), min_gen=at_switch + 1)
+        assert virsh(dst.uri, "destroy", "m-own")[0] == 0
+        assert (image.stat().st_uid, image.stat().st_gid) == (4242, 4242)
+        assert owner_xattrs.read_record(str(image)) == (0, None)
+    finally:
+        cleanup(dst, "m-own")
+        cleanup(src, "m-own")
+        remove_images(hosts, disk.path)
 
 
 def test_source_daemon_killed_during_perform(hosts: list[LabHost], tmp_path: Path) -> None:
