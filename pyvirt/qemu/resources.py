@@ -22,7 +22,6 @@ import ipaddress
 import os
 import socket
 import struct
-from pathlib import Path
 
 from pyvirt.errors import InternalError, OperationFailedError
 
@@ -123,11 +122,14 @@ _MAX_TAPS = 4096
 def create_tap(bridge: str, taken: set[str]) -> str:
     """Create a persistent tap device ``vnetN`` enslaved to ``bridge``, up; return its name."""
     _check_ifname(bridge)
-    if not Path(f"/sys/class/net/{bridge}/bridge").exists():
+    # names are looked up in the daemon's network namespace, not in /sys: a daemon in a
+    # namespace of its own (the lab's hosts) may see another namespace's sysfs; a device
+    # that is not a bridge is refused by SIOCBRADDIF
+    if not _link_exists(bridge):
         raise OperationFailedError(f"bridge '{bridge}' does not exist")
     for index in range(_MAX_TAPS):
         name = f"vnet{index}"
-        if name in taken or Path(f"/sys/class/net/{name}").exists():
+        if name in taken or _link_exists(name):
             continue
         try:
             _tun_ioctl(name, _IFF_TAP | _IFF_NO_PI | _IFF_TUN_EXCL, persist=True)
@@ -173,6 +175,14 @@ def delete_tap(name: str) -> None:
     with contextlib.suppress(OSError, OperationFailedError):
         _check_ifname(name)
         _tun_ioctl(name, _IFF_TAP | _IFF_NO_PI, persist=False)
+
+
+def _link_exists(name: str) -> bool:
+    try:
+        socket.if_nametoindex(name)
+    except OSError:
+        return False
+    return True
 
 
 def _check_ifname(name: str) -> None:

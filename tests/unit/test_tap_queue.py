@@ -52,3 +52,36 @@ def test_queue_flags_and_a_vanished_tap() -> None:
     assert report["kept_True"] and report["kept_False"]
     assert report["missing"] == "operation failed: tap device vnet9 disappeared"
     assert report["after"] == ["br-q", "lo"]
+
+
+NETNS_ONLY_SCRIPT = textwrap.dedent("""
+    import json, socket, subprocess
+    from pyvirt.errors import OperationFailedError
+    from pyvirt.qemu import resources
+    subprocess.run(["ip", "link", "add", "br-n", "type", "bridge"], check=True)
+    report = {"tap": resources.create_tap("br-n", set()), "errors": []}
+    for bridge in ("lo", "br-none"):
+        try:
+            resources.create_tap(bridge, set())
+        except OperationFailedError as exc:
+            report["errors"].append(str(exc))
+    report["links"] = sorted(name for _, name in socket.if_nameindex())
+    print(json.dumps(report))
+""")
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("unshare") is None
+                    or not os.path.exists("/dev/net/tun"), reason="needs root and tun")
+def test_bridges_are_found_in_the_daemons_namespace_not_in_sysfs() -> None:
+    # a daemon in a network namespace of its own whose /sys shows another namespace (the
+    # lab's hosts): its bridge is found, a device that is not a bridge refused, no tap left
+    proc = subprocess.run(["unshare", "--net", sys.executable, "-c", NETNS_ONLY_SCRIPT],
+                          capture_output=True, text=True, timeout=30,
+                          cwd=Path(__file__).resolve().parents[2])
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["tap"] == "vnet0"
+    assert report["errors"] == [
+        "operation failed: Unable to add bridge lo port vnet1: Operation not supported",
+        "operation failed: bridge 'br-none' does not exist"]
+    assert report["links"] == ["br-n", "lo", "vnet0"]
