@@ -32,7 +32,7 @@ def chardev_values(argv: list[str], key: str) -> list[str]:
 def built(case: str, with_pipes: bool) -> tuple[list[str], list[ChardevLog]]:
     dom = load(case)
     fill_runtime(dom)
-    paths = launch_paths(dom.name)
+    paths = launch_paths(dom)
     logs = chardev_logs(dom, paths.serial_log_prefix)
     if with_pipes:
         fds = {log.path: FIRST_FD + i for i, log in enumerate(logs)}
