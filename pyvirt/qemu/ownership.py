@@ -297,7 +297,7 @@ class DacLabeller:
                             "alone", safefs.shown(record.path))
                 return
             owner = self._owner_to_restore(record, opened, migrated)
-            if owner is None:
+            if owner is None or owner == opened.owner:
                 return
             if opened.owner != self.qemu_owner:
                 # replaced, or chowned by someone else since: their choice stands
