@@ -14,14 +14,14 @@ from typing import Any
 import pytest
 
 from pyvirt.conf.domain import DiskDef, DomainDef
-from pyvirt.constants import DomainState
+from pyvirt.constants import DomainState, EventStoppedDetail, ShutoffReason
 from pyvirt.errors import OperationInvalidError, SystemError_
 from pyvirt.qemu import owner_xattrs
 from pyvirt.qemu.identity import QemuIdentity
 from pyvirt.qemu.owner_xattrs import ATTR_OWNER, ATTR_REFS, ATTR_TIMESTAMP, Owner
 from pyvirt.qemu.ownership import DacLabeller, OwnedFile, RememberedBy, fs_magic
 from pyvirt.qemu.status import DomainStatus, format_status, parse_status
-from tests.conftest import make_settings
+from tests.conftest import FAKE_QEMU, DriverFactory, make_settings
 
 QEMU = QemuIdentity(5151, 5152)
 ORIGINAL = Owner(4242, 4243)
@@ -386,3 +386,35 @@ def test_owner_labels() -> None:
     for bad in ("root:root", "+1", "+-1:+2", "+1:+4294967295"):
         with pytest.raises(ValueError):
             Owner.parse(bad)
+
+
+# -- the runner (fake QEMU, which runs as root: QEMU's "user" is root:root) -----------------
+def _fake_guest_xml(name: str, image: Path) -> str:
+    return f"""<domain type='qemu'><name>{name}</name><memory unit='MiB'>64</memory>
+<os><type arch='x86_64' machine='pc'>hvm</type></os>
+<devices><disk type='file' device='disk'><driver name='qemu' type='raw' cache='none'/>
+<source file='{image}'/><target dev='vda' bus='virtio'/></disk>
+<memballoon model='none'/></devices></domain>"""
+
+
+async def test_runner_gives_back_at_destroy_and_not_after_a_migration_out(
+        drivers: DriverFactory, short_tmp: Path) -> None:
+    shared = short_tmp / "shared"
+    shared.mkdir()
+    image = shared / "disk.raw"
+    image.write_bytes(b"\0" * 4096)
+    os.chown(image, ORIGINAL.uid, ORIGINAL.gid)
+    driver = await drivers(str(FAKE_QEMU), shared_filesystems=(str(shared),))
+    obj = await driver.create_xml(_fake_guest_xml("own-fake", image))
+    assert owner_of(image) == Owner(0, 0)
+    assert owner_xattrs.read_record(str(image)) == (1, ORIGINAL)
+    status = driver.runner.load_status("own-fake")
+    assert [(o.path, o.remembered) for o in status.owned_files] == [
+        (str(image), RememberedBy.XATTR)]
+    await driver.destroy(obj)
+    assert owner_of(image) == ORIGINAL and xattrs(image) == {}
+    # the source's stop after a migration out: the file stays with the peer (which held
+    # no reference here, so the record goes and the owner stays QEMU's)
+    obj = await driver.create_xml(_fake_guest_xml("own-fake", image))
+    await driver.runner.stop(obj, ShutoffReason.MIGRATED, EventStoppedDetail.MIGRATED)
+    assert owner_of(image) == Owner(0, 0) and xattrs(image) == {}
