@@ -46,12 +46,17 @@ before anything changes, by the XML's path and by where it leads: the start fail
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import dataclasses
 import enum
 import errno
+import fcntl
 import logging
 import os
 import stat
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from pyvirt import safefs
@@ -220,6 +225,10 @@ class DacLabeller:
 
     def _label_one(self, target: LabelTarget, opened: _Opened, owned: list[OwnedFile]) -> None:
         self._check_allowed(target, opened)
+        with _exclusive(opened) as current:
+            self._hand_over(target, current, owned)
+
+    def _hand_over(self, target: LabelTarget, opened: _Opened, owned: list[OwnedFile]) -> None:
         if target.restorable:
             record, users = self._remember(opened)
             owned.append(record)
@@ -296,15 +305,19 @@ class DacLabeller:
                 log.warning("%s is no longer the file handed to QEMU: its owner is left "
                             "alone", safefs.shown(record.path))
                 return
-            owner = self._owner_to_restore(record, opened, migrated)
-            if owner is None or owner == opened.owner:
-                return
-            if opened.owner != self.qemu_owner:
-                # replaced, or chowned by someone else since: their choice stands
-                log.warning("%s is no longer owned by QEMU's user: its owner is left "
-                            "alone", safefs.shown(record.path))
-                return
-            _chown(opened, owner)
+            with _exclusive(opened) as current:
+                self._give_back(record, current, migrated)
+
+    def _give_back(self, record: OwnedFile, opened: _Opened, migrated: bool) -> None:
+        owner = self._owner_to_restore(record, opened, migrated)
+        if owner is None or owner == opened.owner:
+            return
+        if opened.owner != self.qemu_owner:
+            # replaced, or chowned by someone else since: their choice stands
+            log.warning("%s is no longer owned by QEMU's user: its owner is left "
+                        "alone", safefs.shown(record.path))
+            return
+        _chown(opened, owner)
 
     def _owner_to_restore(self, record: OwnedFile, opened: _Opened,
                           migrated: bool) -> Owner | None:
@@ -339,6 +352,49 @@ class DacLabeller:
         if under_shared_filesystems(opened.resolved, self.settings.shared_filesystems):
             return True
         return fs_magic(opened.fd) in SHARED_FS_MAGIC
+
+
+#: how long a label or restore waits for another daemon's lock on the same file
+LOCK_WAIT_S = 0.2
+_LOCK_RETRY_S = 0.002
+
+
+@contextlib.contextmanager
+def _exclusive(opened: _Opened) -> Iterator[_Opened]:
+    """The reference count's read-modify-write under an exclusive ``flock`` of the file
+    itself: daemons of one host (the lab's, or a host's pyvirtd and a restarted one) label
+    the same kernels and shared images. Yields ``opened`` re-stated under the lock.
+
+    Best effort, never fatal: a file that cannot be opened for the lock, or a lock still
+    held after LOCK_WAIT_S (e.g. NFS, where flock is the server's whole-file lock and
+    conflicts with QEMU's own image locks), is handled unlocked, as libvirt does without
+    its optional metadata lock manager. QEMU's image locks are OFD byte-range locks, which
+    a local flock does not disturb."""
+    try:
+        lock_fd = os.open(opened.via_fd, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC
+                          | os.O_NOCTTY)
+    except OSError as exc:
+        log.debug("no lock on %s: %s", safefs.shown(opened.path), exc.strerror)
+        yield dataclasses.replace(opened, info=os.fstat(opened.fd))
+        return
+    try:
+        _flock(lock_fd, opened.path)
+        yield dataclasses.replace(opened, info=os.fstat(opened.fd))
+    finally:
+        os.close(lock_fd)  # drops the lock
+
+
+def _flock(fd: int, path: str) -> None:
+    deadline = time.monotonic() + LOCK_WAIT_S
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except OSError as exc:
+            if exc.errno != errno.EWOULDBLOCK or time.monotonic() > deadline:
+                log.debug("%s not locked: %s", safefs.shown(path), exc.strerror)
+                return
+        time.sleep(_LOCK_RETRY_S)  # another daemon's few syscalls; bounded
 
 
 def _chown(opened: _Opened, owner: Owner) -> None:

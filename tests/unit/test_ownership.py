@@ -418,3 +418,42 @@ async def test_runner_gives_back_at_destroy_and_not_after_a_migration_out(
     obj = await driver.create_xml(_fake_guest_xml("own-fake", image))
     await driver.runner.stop(obj, ShutoffReason.MIGRATED, EventStoppedDetail.MIGRATED)
     assert owner_of(image) == Owner(0, 0) and xattrs(image) == {}
+
+
+def test_label_waits_for_another_daemons_lock_on_the_file(
+        tmp_path: Path, image: Path) -> None:
+    # Another daemon in the middle of its read-modify-write holds an flock of the file:
+    # this one waits for it (and goes ahead unlocked after LOCK_WAIT_S, never failing).
+    import fcntl
+    import threading
+    import time
+
+    from pyvirt.qemu import ownership
+
+    other = os.open(image, os.O_RDONLY)
+    fcntl.flock(other, fcntl.LOCK_EX)
+    released_at: list[float] = []
+
+    def release() -> None:
+        time.sleep(0.05)
+        released_at.append(time.monotonic())
+        os.close(other)
+
+    thread = threading.Thread(target=release)
+    thread.start()
+    owned: list[OwnedFile] = []
+    labeller(tmp_path).label(domain(disk(image)), owned)
+    labelled_at = time.monotonic()
+    thread.join()
+    assert released_at and labelled_at >= released_at[0]
+    assert owner_of(image) == Owner(QEMU.uid, QEMU.gid)
+    # a lock that is never released only delays the label by LOCK_WAIT_S
+    stuck = os.open(image, os.O_RDONLY)
+    fcntl.flock(stuck, fcntl.LOCK_EX)
+    try:
+        start = time.monotonic()
+        labeller(tmp_path).restore(owned, migrated=False)
+        assert time.monotonic() - start >= ownership.LOCK_WAIT_S
+    finally:
+        os.close(stuck)
+    assert owner_of(image) == ORIGINAL
