@@ -209,6 +209,24 @@ def stop_daemon(handle: DaemonHandle, kill_guests: bool = True) -> None:
         kill_processes_mentioning(handle.root)
 
 
+def real_qemu_pids(root: Path, name: str | None = None) -> list[int]:
+    """Live real QEMUs whose command line names ``root`` (the daemon's directories), and
+    guest ``name`` when given."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        line = b" ".join(argv)
+        if argv[0] == REAL_QEMU.encode() and str(root).encode() in line and (
+                name is None or f"guest={name},".encode() in line):
+            found.append(int(entry.name))
+    return found
+
+
 def kill_processes_mentioning(root: Path) -> list[int]:
     killed = []
     for entry in Path("/proc").iterdir():

@@ -22,7 +22,14 @@ import pytest
 from pyvirt.qemu import devacl
 from pyvirt.qemu.devacl import ACL_USER, ACL_XATTR
 from pyvirt.qemu.identity import DEFAULT_QEMU_USER
-from tests.functional.daemon_util import REAL_QEMU, run, start_daemon, stop_daemon, tear_down
+from tests.functional.daemon_util import (
+    REAL_QEMU,
+    real_qemu_pids,
+    run,
+    start_daemon,
+    stop_daemon,
+    tear_down,
+)
 
 DEVICES = ("kvm", "userfaultfd")
 
@@ -55,20 +62,6 @@ def wrapper(nodes: Path) -> tuple[str, ...]:
             f'{binds} && exec "$@"', "devns-daemon")
 
 
-def qemu_pids(root: Path) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if argv[0] == REAL_QEMU.encode() and str(root).encode() in b" ".join(argv):
-            found.append(int(entry.name))
-    return found
-
-
 def test_daemon_grants_qemu_user_kvm_and_userfaultfd(private_devices: Path,
                                                      short_tmp: Path) -> None:
     # Checks: root-only devices get one named-user entry (rw) for QEMU's user when pyvirtd
@@ -90,7 +83,7 @@ def test_daemon_grants_qemu_user_kvm_and_userfaultfd(private_devices: Path,
         xml.write_text(GUEST)
         started = run(["virsh", "-c", handle.uri, "create", str(xml)])
         assert started.returncode == 0, started.stderr + handle.log()
-        (pid,) = qemu_pids(root)
+        (pid,) = real_qemu_pids(root)
         assert os.stat(f"/proc/{pid}").st_uid == qemu_uid
         assert "/dev/kvm" in {os.readlink(fd) for fd in Path(f"/proc/{pid}/fd").iterdir()}
         assert run(["virsh", "-c", handle.uri, "destroy", "aclguest"]).returncode == 0

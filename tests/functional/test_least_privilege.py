@@ -20,7 +20,7 @@ import pytest
 import pyvirt
 from pyvirt.errors import VirtError
 from pyvirt.lab.guest import GuestImage, build_guest, domain_xml
-from tests.functional.daemon_util import DaemonHandle, run, running_daemon
+from tests.functional.daemon_util import DaemonHandle, real_qemu_pids, run, running_daemon
 
 pytestmark = pytest.mark.qemu
 
@@ -44,17 +44,19 @@ def status_of(pid: int) -> dict[str, str]:
 
 
 def qemu_pid(handle: DaemonHandle, name: str) -> int:
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if argv[0].endswith(b"qemu-system-x86_64") and f"guest={name}".encode() in \
-                b" ".join(argv) and str(handle.root).encode() in b" ".join(argv):
-            return int(entry.name)
-    raise AssertionError(f"no QEMU for {name}")
+    (pid,) = real_qemu_pids(handle.root, name)
+    return pid
+
+
+def refused(handle: DaemonHandle, xml: str) -> str:
+    """The error of a start of ``xml`` that must fail."""
+    conn = pyvirt.open(handle.uri)
+    try:
+        with pytest.raises(VirtError) as failed:
+            conn.createXML(xml)
+    finally:
+        conn.close()
+    return str(failed.value)
 
 
 def assert_unprivileged(pid: int, *, seccomp: bool = True) -> None:
@@ -111,14 +113,8 @@ def test_custom_emulator_never_runs_as_root(daemon: DaemonHandle, guest: GuestIm
     script.chmod(0o755)
     xml = domain_xml("lp-emu", guest=guest).replace(
         "<devices>", f"<devices><emulator>{script}</emulator>", 1)
-    conn = pyvirt.open(daemon.uri)
-    try:
-        with pytest.raises(VirtError) as failed:
-            conn.createXML(xml)
-    finally:
-        conn.close()
     gid = pwd.getpwnam(QEMU_USER).pw_gid
-    assert f"emulator ran as {QEMU_USER}:{QEMU_USER} groups={gid}" in str(failed.value)
+    assert f"emulator ran as {QEMU_USER}:{QEMU_USER} groups={gid}" in refused(daemon, xml)
 
 
 def test_serial_file_cannot_write_a_root_owned_file(
@@ -131,13 +127,7 @@ def test_serial_file_cannot_write_a_root_owned_file(
     serial = (f"<serial type='file'><source path='{victim}'/>"
               "<target port='1'/></serial>")
     xml = domain_xml("lp-serial", guest=guest).replace("</devices>", serial + "</devices>")
-    conn = pyvirt.open(daemon.uri)
-    try:
-        with pytest.raises(VirtError) as failed:
-            conn.createXML(xml)
-    finally:
-        conn.close()
-    assert f"Could not open '{victim}': Permission denied" in str(failed.value)
+    assert f"Could not open '{victim}': Permission denied" in refused(daemon, xml)
     assert victim.read_text() == "precious\n" and victim.stat().st_uid == 0
     assert not [d for d in (daemon.root / "run" / "qemu").iterdir()
                 if d.name.startswith("domain-")]

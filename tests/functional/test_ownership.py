@@ -30,6 +30,7 @@ from pyvirt.qemu.owner_xattrs import Owner
 from tests.functional.daemon_util import (
     DaemonHandle,
     kill_processes_mentioning,
+    real_qemu_pids,
     start_daemon,
     stop_daemon,
     tear_down,
@@ -105,15 +106,8 @@ def connection(handle: DaemonHandle) -> Iterator[pyvirt.virConnect]:
 
 
 def qemu_pid(root: Path, name: str) -> int:
-    for entry in Path("/proc").iterdir():
-        try:
-            argv = (entry / "cmdline").read_bytes()
-        except OSError:
-            continue
-        if entry.name.isdigit() and argv.startswith(b"/usr/bin/qemu-system") and \
-                f"guest={name},".encode() in argv and str(root).encode() in argv:
-            return int(entry.name)
-    raise AssertionError(f"no QEMU for {name}")
+    (pid,) = real_qemu_pids(root, name)
+    return pid
 
 
 def gone(pid: int) -> bool:
