@@ -13,7 +13,7 @@ the next QEMU a daemon starts does):
 - ``ignore_powerdown``: ``system_powerdown`` does nothing (a guest without ACPI support)
 - ``delay_commands``: {command: seconds} before answering (a slow QEMU)
 - migration: ``ram_bytes``, ``migrate_duration_s``, ``migrate_fail_after_s``,
-  ``incoming_die_after_bytes`` (below)
+  ``incoming_die_after_bytes``, ``postcopy_break_after_s`` (below)
 - storage migration (NBD, mirrors): see ``fake_qemu_block.py``
 
 and by a control socket (``FAKE_QEMU_CONTROL`` = path prefix; the fake listens on
@@ -34,6 +34,13 @@ Migration model (QEMU 10's QMP surface, a toy stream)::
       ◄──────────────────────────── "OK\\n"           without -S, RESUME)
       completed; runstate postmigrate      (the "OK" only with the return-path capability)
 
+Post-copy (``postcopy-ram`` on both ends): ``migrate-start-postcopy`` during the copy makes
+the source stop the guest and send ``"P\\n"`` before the rest of its RAM; both ends report
+``postcopy-active`` and the destination runs the guest (resumed if started without ``-S``,
+else at ``cont``) while the remaining pages follow. A stream that breaks then leaves both
+ends in ``postcopy-paused``, alive, each holding part of the guest (as QEMU: no ``failed``,
+no exit).
+
 Instead of ``tcp:``, both ends take ``fd:NAME``: a socket passed over the monitor with
 SCM_RIGHTS and named by ``getfd`` (tunnelled migration).
 Each 256 KiB of *virtual* guest RAM travels as one 1 KiB line, so 64 MiB cost 256 KiB.
@@ -47,6 +54,8 @@ Migration faults:
 - ``migrate_duration_s``: pace the copy so it takes at least this long
 - ``migrate_fail_after_s``: the source reports ``failed`` (with ``error-desc``) then
 - ``incoming_die_after_bytes``: the destination SIGKILLs itself after so many RAM bytes
+- ``postcopy_break_after_s``: the source breaks the link this long after the post-copy
+  switchover (both ends go ``postcopy-paused``)
 
 Every command but queries is appended to the JSON-lines journal ``FAKE_QEMU_JOURNAL``
 (``{"t", "pid", "name", "uuid", "incoming", "cmd", "args"}``), so tests can assert exactly
@@ -104,8 +113,8 @@ PARAMETERS: dict[str, Any] = {
 MULTIFD_KEYS = ("multifd-channels", "multifd-compression")
 CHUNK = 256 * 1024  # virtual bytes per stream line
 SCALE = 256  # virtual bytes per real byte
-ACTIVE = frozenset({"setup", "active", "postcopy-active", "pre-switchover", "device",
-                    "cancelling"})
+ACTIVE = frozenset({"setup", "active", "postcopy-active", "postcopy-paused", "pre-switchover",
+                    "device", "cancelling"})
 
 
 class FakeQemu:
@@ -297,6 +306,9 @@ class Migration:
         self.task: asyncio.Task[None] | None = None
         self.server: asyncio.AbstractServer | None = None
         self.continued = asyncio.Event()
+        #: migrate-start-postcopy was asked; when the switch to post-copy happened
+        self.postcopy_requested = False
+        self.postcopy_since = 0.0
 
     def set_status(self, status: str, error: str = "") -> None:
         self.status, self.error = status, error or self.error
@@ -377,6 +389,15 @@ class Migration:
             self.task.cancel()
         return {}
 
+    def cmd_migrate_start_postcopy(self, args: dict[str, Any]) -> Any:
+        if not self.vm.caps["postcopy-ram"]:
+            raise CommandError("Enable postcopy with migrate_set_capability before the "
+                               "start of migration")
+        if self.status == "none":
+            raise CommandError("Postcopy must be started after migration has been started")
+        self.postcopy_requested = True
+        return {}
+
     def cmd_migrate_continue(self, args: dict[str, Any]) -> Any:
         if self.status != args.get("state"):
             raise CommandError(f"Migration not in expected state: {self.status}")
@@ -394,6 +415,7 @@ class Migration:
         target = self.vm.take_fd(uri) if uri.startswith("fd:") else parse_tcp(uri)
         self.sent = self.passes = 0
         self.error, self.ended, self.stopped_at = "", 0.0, 0.0
+        self.postcopy_requested = False
         self.started = time.monotonic()
         self.was_running, self.outgoing = self.vm.status == "running", True
         self.set_status("setup")
@@ -407,7 +429,7 @@ class Migration:
             print(f"fake qemu: migration: {task.exception()!r}", file=sys.stderr)
         if self.status == "cancelling":
             self._ended_badly("cancelled")
-        elif self.status not in ("completed", "failed", "cancelled"):
+        elif self.status not in ("completed", "failed", "cancelled", "postcopy-paused"):
             self._ended_badly("failed", "fake qemu: the migration ended unexpectedly")
 
     async def _outgoing(self, target: socket.socket | tuple[str, int]) -> None:
@@ -421,12 +443,18 @@ class Migration:
                       **{k: self.vm.params[k] for k in MULTIFD_KEYS}}
             writer.write(b"QEVM " + json.dumps(header).encode() + b"\n")
             await self._send_ram(writer)
+            if self.postcopy_requested:
+                await self._postcopy(writer)
             await self._switchover(reader, writer)
         except asyncio.CancelledError:
             self._ended_badly("cancelled")
         except (StreamError, OSError) as exc:
-            self._ended_badly("failed", str(exc) if isinstance(exc, StreamError)
-                              else f"Unable to write to socket: {exc.strerror or exc}")
+            error = str(exc) if isinstance(exc, StreamError) \
+                else f"Unable to write to socket: {exc.strerror or exc}"
+            if self.status == "postcopy-active":  # the guest runs on the other end now
+                self.set_status("postcopy-paused", error)
+            else:
+                self._ended_badly("failed", error)
         finally:
             if writer is not None:
                 writer.close()
@@ -442,10 +470,16 @@ class Migration:
         duration = float(self.vm.faults.get("migrate_duration_s", 0))
         fail_after = self.vm.faults.get("migrate_fail_after_s")
         line = b"D" + b"." * (CHUNK // SCALE - 2) + b"\n"
+        break_after = self.vm.faults.get("postcopy_break_after_s")
         while self.sent < total:
+            if self.postcopy_requested and self.status == "active":
+                return  # switch to post-copy with this much RAM still to send
             elapsed = time.monotonic() - self.started
             if fail_after is not None and elapsed >= float(fail_after):
                 raise StreamError("fake qemu: injected migration failure")
+            if self.status == "postcopy-active" and break_after is not None \
+                    and time.monotonic() - self.postcopy_since >= float(break_after):
+                raise StreamError("fake qemu: injected post-copy link failure")
             rate = max(float(self.vm.params["max-bandwidth"]), 1.0)
             step = min(CHUNK, total - self.sent)  # this chunk is due once sent at the rate
             due = max((self.sent + step) / rate, duration * (self.sent + step) / total)
@@ -456,12 +490,24 @@ class Migration:
             await writer.drain()
             self.sent += step
 
-    async def _switchover(self, reader: asyncio.StreamReader,
-                          writer: asyncio.StreamWriter) -> None:
+    async def _postcopy(self, writer: asyncio.StreamWriter) -> None:
+        """Hand the guest to the destination ("P"), then send the rest of its RAM."""
         self.stopped_at = time.monotonic()
         if self.vm.status == "running":
             self.vm.set_runstate("finish-migrate")
-        if self.vm.caps["pause-before-switchover"]:  # wait for migrate-continue
+        self.pass_done()
+        writer.write(b"P\n")
+        await writer.drain()
+        self.postcopy_since = time.monotonic()
+        self.set_status("postcopy-active")
+        await self._send_ram(writer)
+
+    async def _switchover(self, reader: asyncio.StreamReader,
+                          writer: asyncio.StreamWriter) -> None:
+        self.stopped_at = self.stopped_at or time.monotonic()
+        if self.vm.status == "running":
+            self.vm.set_runstate("finish-migrate")
+        if self.vm.caps["pause-before-switchover"] and self.status == "active":
             self.continued = asyncio.Event()
             self.set_status("pre-switchover")
             await self.continued.wait()
@@ -516,12 +562,19 @@ class Migration:
                 writer.write(b"OK\n")
                 await writer.drain()
         except (StreamError, OSError) as exc:
+            if self.status == "postcopy-active":  # part of the guest is only here: keep it
+                print(f"fake qemu: post-copy paused: {exc}", file=sys.stderr)
+                self.set_status("postcopy-paused", str(exc))
+                writer.close()
+                return
             print(f"fake qemu: load of migration failed: {exc}", file=sys.stderr)
             self.set_status("failed", str(exc))
             asyncio.get_running_loop().call_later(0.05, self.vm.quit, 1)
             return
+        postcopy = self.status == "postcopy-active"  # then the guest's run state is set
         self.set_status("completed")
-        self.vm.set_runstate("running" if self.autostart else "paused")
+        if not postcopy:
+            self.vm.set_runstate("running" if self.autostart else "paused")
 
     async def _receive(self, reader: asyncio.StreamReader) -> bool:
         """Read the stream; True: the source wants the return path's confirmation."""
@@ -537,6 +590,10 @@ class Migration:
         die_after = self.vm.faults.get("incoming_die_after_bytes")
         received = 0
         while (line := await reader.readline()) != b"E\n":
+            if line == b"P\n":  # post-copy: the guest runs here from now on
+                self.set_status("postcopy-active")
+                self.vm.set_runstate("running" if self.autostart else "paused")
+                continue
             if not line.endswith(b"\n"):
                 raise StreamError("Input/output error (stream ended early)")
             received += len(line) * SCALE
