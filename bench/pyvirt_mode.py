@@ -26,12 +26,11 @@ from typing import Any
 
 from bench.raw import Outcome, QmpEvent, pause_ms
 from pyvirt.client.aio import AsyncConnection
+from pyvirt.constants import JobStatsFlags
 from pyvirt.lab.hosts import LabHost
 
 PYVIRSH = str(Path(sys.executable).with_name("pyvirsh"))
 EVENT_LOG = "qmp-events.jsonl"
-#: VIR_DOMAIN_JOB_STATS_COMPLETED
-JOB_STATS_COMPLETED = 1
 #: after a cap, how long pyvirsh gets to abort the migration (SIGINT) and exit
 ABORT_GRACE_S = 60.0
 #: domjobinfo --completed fields → the report's names
@@ -125,7 +124,7 @@ async def run_pyvirsh(args: list[str], cap_s: float) -> CommandRun:
 
 async def completed_stats(conn: AsyncConnection, name: str) -> dict[str, int]:
     dom = await conn.lookupByName(name)
-    stats = await dom.jobStats(JOB_STATS_COMPLETED)
+    stats = await dom.jobStats(JobStatsFlags.COMPLETED)
     return {ours: int(stats[theirs]) for theirs, ours in _JOB_FIELDS.items() if theirs in stats}
 
 

@@ -292,5 +292,60 @@ class MigrateFlags(enum.IntFlag):
     ZEROCOPY = 0x100000
 
 
+class EventID(enum.IntEnum):
+    """virDomainEventID: the domain event IDs pyvirt speaks (daemon, client and virsh)."""
+
+    LIFECYCLE = 0
+    MIGRATION_ITERATION = 20
+    JOB_COMPLETED = 21
+
+
+class DriverFeature(enum.IntEnum):
+    """VIR_DRV_FEATURE_* (src/libvirt_internal.h): CONNECT_SUPPORTS_FEATURE's argument."""
+
+    MIGRATION_V1 = 1
+    REMOTE = 2
+    MIGRATION_V2 = 3
+    MIGRATION_P2P = 4
+    MIGRATION_DIRECT = 5
+    MIGRATION_V3 = 6
+    MIGRATE_CHANGE_PROTECTION = 7
+    FD_PASSING = 8
+    TYPED_PARAM_STRING = 9
+    PROGRAM_KEEPALIVE = 10
+    XML_MIGRATABLE = 11
+    MIGRATION_OFFLINE = 12
+    MIGRATION_PARAMS = 13
+    REMOTE_EVENT_CALLBACK = 14
+    REMOTE_CLOSE_CALLBACK = 15
+    NETWORK_UPDATE_HAS_CORRECT_ORDER = 16
+
+
+class ConnectFlags(enum.IntFlag):
+    """virConnectFlags (CONNECT_OPEN's flags)."""
+
+    RO = 1
+    NO_ALIASES = 2
+
+
+class JobStatsFlags(enum.IntFlag):
+    """virDomainGetJobStatsFlags."""
+
+    COMPLETED = 1
+    KEEP_COMPLETED = 2
+
+
+class MigrateMaxSpeedFlags(enum.IntFlag):
+    """virDomainMigrateMaxSpeedFlags."""
+
+    POSTCOPY = 1
+
+
+class AbortJobFlags(enum.IntFlag):
+    """virDomainAbortJobFlagsValues."""
+
+    POSTCOPY = 1
+
+
 #: "unlimited" migration bandwidth as libvirt programs it into QEMU (bytes/s)
 UNLIMITED_BANDWIDTH_BYTES = 9223372036853727232

@@ -34,9 +34,10 @@ from typing import Any, TypeVar
 from pyvirt.client import migrate as _migrate
 from pyvirt.client.error import libvirtError
 from pyvirt.client.events import DomainEventCallback, EventTable
-from pyvirt.client.names import CloseReason, ConnectFlags, DriverFeature
+from pyvirt.client.names import CloseReason
 from pyvirt.client.params import ParamsIn, from_typed_params, to_typed_params
 from pyvirt.client.transport import Transport, open_transport
+from pyvirt.constants import ConnectFlags, DriverFeature
 from pyvirt.errors import ErrorCode, ErrorDomain, VirtError
 from pyvirt.rpc.client import RPCClient
 from pyvirt.rpc.connection import ConnectionClosedError

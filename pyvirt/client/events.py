@@ -29,8 +29,8 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from pyvirt.client.error import libvirtError
-from pyvirt.client.names import DriverFeature, EventID
 from pyvirt.client.params import from_typed_params
+from pyvirt.constants import DriverFeature, EventID
 from pyvirt.errors import ErrorCode, ErrorDomain
 from pyvirt.rpc.protocol import ProcSpec, Program
 from pyvirt.rpc.remote_protocol import REMOTE, RemoteProc

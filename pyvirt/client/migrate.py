@@ -46,9 +46,8 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from pyvirt.client.error import libvirtError
-from pyvirt.client.names import DriverFeature
 from pyvirt.client.params import ParamsIn, to_typed_params
-from pyvirt.constants import DomainState, MigrateFlags
+from pyvirt.constants import DomainState, DriverFeature, MigrateFlags
 from pyvirt.errors import ErrorCode, ErrorDomain
 from pyvirt.rpc.remote_types import TypedParam
 

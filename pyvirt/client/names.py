@@ -11,46 +11,19 @@ from __future__ import annotations
 import enum
 
 from pyvirt import constants as c
+from pyvirt.constants import AbortJobFlags as AbortJobFlags  # re-exported: see below
+from pyvirt.constants import ConnectFlags as ConnectFlags
+from pyvirt.constants import DriverFeature as DriverFeature
+from pyvirt.constants import EventID as EventID
+from pyvirt.constants import JobStatsFlags as JobStatsFlags
+from pyvirt.constants import MigrateMaxSpeedFlags as MigrateMaxSpeedFlags
 from pyvirt.errors import ErrorCode, ErrorDomain, ErrorLevel
 
 
-# -- client-only enums (libvirt's values; candidates for pyvirt.constants) -------------------
-class EventID(enum.IntEnum):
-    """virDomainEventID: the event IDs this client can deliver."""
-
-    LIFECYCLE = 0
-    MIGRATION_ITERATION = 20
-    JOB_COMPLETED = 21
-
-
-class DriverFeature(enum.IntEnum):
-    """VIR_DRV_FEATURE_* (src/libvirt_internal.h): CONNECT_SUPPORTS_FEATURE's argument."""
-
-    MIGRATION_V1 = 1
-    REMOTE = 2
-    MIGRATION_V2 = 3
-    MIGRATION_P2P = 4
-    MIGRATION_DIRECT = 5
-    MIGRATION_V3 = 6
-    MIGRATE_CHANGE_PROTECTION = 7
-    FD_PASSING = 8
-    TYPED_PARAM_STRING = 9
-    PROGRAM_KEEPALIVE = 10
-    XML_MIGRATABLE = 11
-    MIGRATION_OFFLINE = 12
-    MIGRATION_PARAMS = 13
-    REMOTE_EVENT_CALLBACK = 14
-    REMOTE_CLOSE_CALLBACK = 15
-    NETWORK_UPDATE_HAS_CORRECT_ORDER = 16
-
-
-class ConnectFlags(enum.IntFlag):
-    """virConnectFlags (CONNECT_OPEN's flags)."""
-
-    RO = 1
-    NO_ALIASES = 2
-
-
+# -- client-only enums (libvirt's values) ----------------------------------------------------
+# EventID, DriverFeature, ConnectFlags, JobStatsFlags, MigrateMaxSpeedFlags and AbortJobFlags
+# live in pyvirt.constants (the daemon and virsh use them too) and are re-exported above,
+# so ``pyvirt.client.names.DriverFeature`` and friends keep working.
 class CloseReason(enum.IntEnum):
     """virConnectCloseReason: why a close callback fired."""
 
@@ -58,19 +31,6 @@ class CloseReason(enum.IntEnum):
     EOF = 1
     KEEPALIVE = 2
     CLIENT = 3
-
-
-class JobStatsFlags(enum.IntFlag):
-    COMPLETED = 1
-    KEEP_COMPLETED = 2
-
-
-class MigrateMaxSpeedFlags(enum.IntFlag):
-    POSTCOPY = 1
-
-
-class AbortJobFlags(enum.IntFlag):
-    POSTCOPY = 1
 
 
 class ShutdownFlags(enum.IntFlag):

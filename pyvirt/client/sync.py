@@ -31,7 +31,7 @@ from typing import Any, TypeVar
 
 from pyvirt.client.aio import AsyncConnection, AsyncDomain
 from pyvirt.client.error import libvirtError
-from pyvirt.client.names import ConnectFlags
+from pyvirt.constants import ConnectFlags
 from pyvirt.errors import ErrorCode, ErrorDomain
 
 log = logging.getLogger(__name__)

@@ -78,7 +78,11 @@ def handle_of(obj: DomainObj) -> NonnullDomain:
 
 
 def check_flags(flags: int, allowed: int, api: str) -> None:
-    """libvirt's virCheckFlags: unknown flag bits are refused, never ignored."""
-    unknown = flags & ~allowed
+    """libvirt's virCheckFlags: unknown flag bits are refused, never ignored.
+
+    ``allowed`` may be an IntFlag: ``~`` on one inverts only within its members (``~`` of all
+    of them is 0), so it is taken as a plain int first.
+    """
+    unknown = int(flags) & ~int(allowed)
     if unknown:
         raise InvalidArgError(f"unsupported flags (0x{unknown:x}) in function {api}")

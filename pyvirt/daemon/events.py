@@ -21,6 +21,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+from pyvirt.constants import EventID
 from pyvirt.errors import ErrorCode, RPCError, VirtError
 from pyvirt.qemu.events import AnyEvent, DomainEvent, EventBus, MigrationIterationEvent
 from pyvirt.rpc.remote_protocol import REMOTE, RemoteProc
@@ -29,10 +30,8 @@ from pyvirt.rpc.server_client import ClientContext
 
 log = logging.getLogger(__name__)
 
-EVENT_ID_LIFECYCLE = 0
-EVENT_ID_MIGRATION_ITERATION = 20
 #: event IDs pyvirtd emits; registering any other is refused loudly, never ignored
-SUPPORTED_EVENT_IDS = frozenset({EVENT_ID_LIFECYCLE, EVENT_ID_MIGRATION_ITERATION})
+SUPPORTED_EVENT_IDS = frozenset({EventID.LIFECYCLE, EventID.MIGRATION_ITERATION})
 #: bounded so a client that stops reading cannot make the daemon grow without limit
 QUEUE_MAX = 4096
 
@@ -50,14 +49,14 @@ class Registration:
 def _message_for(reg: Registration, dom: NonnullDomain,
                  event: AnyEvent) -> tuple[int, Any] | None:
     """The MESSAGE (procedure, body) a registration gets for an event, if any."""
-    if isinstance(event, DomainEvent) and reg.event_id == EVENT_ID_LIFECYCLE:
+    if isinstance(event, DomainEvent) and reg.event_id == EventID.LIFECYCLE:
         body = {"dom": dom, "event": int(event.event), "detail": int(event.detail)}
         if reg.legacy:
             return RemoteProc.DOMAIN_EVENT_LIFECYCLE, body
         return (RemoteProc.DOMAIN_EVENT_CALLBACK_LIFECYCLE,
                 {"callback_id": reg.callback_id, "msg": body})
     if isinstance(event, MigrationIterationEvent) \
-            and reg.event_id == EVENT_ID_MIGRATION_ITERATION and not reg.legacy:
+            and reg.event_id == EventID.MIGRATION_ITERATION and not reg.legacy:
         return (RemoteProc.DOMAIN_EVENT_CALLBACK_MIGRATION_ITERATION,
                 {"callback_id": reg.callback_id, "dom": dom, "iteration": event.iteration})
     return None

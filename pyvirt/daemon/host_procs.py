@@ -5,35 +5,34 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from pyvirt.constants import ConnectFlags, DriverFeature
 from pyvirt.daemon import hostinfo
 from pyvirt.daemon.context import Call, Handler, check_flags
 from pyvirt.daemon.events import ClientEvents
 from pyvirt.errors import ErrorCode, ErrorDomain, VirtError
-from pyvirt.rpc.remote_protocol import FEATURE_PROGRAM_KEEPALIVE
 from pyvirt.rpc.remote_protocol import RemoteProc as RP
 
 log = logging.getLogger(__name__)
 
-CONNECT_RO = 1
-CONNECT_NO_ALIASES = 2
 #: the libvirt API level pyvirtd implements (reported as the daemon's library version)
 LIB_VERSION = 9_000_000
 
-#: VIR_DRV_FEATURE_* → supported?  Only implemented features answer 1.
-FEATURES: dict[int, int] = {
-    4: 1,    # MIGRATION_P2P
-    5: 1,    # MIGRATION_DIRECT: pyvirt's extension, straight to a QEMU's migrate_uri
-    6: 1,    # MIGRATION_V3
-    7: 1,    # MIGRATE_CHANGE_PROTECTION (definitions cannot change while migrating)
-    9: 1,    # TYPED_PARAM_STRING
-    FEATURE_PROGRAM_KEEPALIVE: 1,
-    11: 1,   # XML_MIGRATABLE
-    12: 1,   # MIGRATION_OFFLINE
-    13: 1,   # MIGRATION_PARAMS
-    14: 1,   # REMOTE_EVENT_CALLBACK
-    15: 1,   # REMOTE_CLOSE_CALLBACK
-}
-_PRE_OPEN_FEATURES = frozenset({FEATURE_PROGRAM_KEEPALIVE})
+#: the VIR_DRV_FEATURE_* pyvirtd supports (it answers 1); every other feature answers 0
+SUPPORTED_FEATURES: frozenset[DriverFeature] = frozenset({
+    DriverFeature.MIGRATION_P2P,
+    DriverFeature.MIGRATION_DIRECT,  # pyvirt's extension: straight to a QEMU's migrate_uri
+    DriverFeature.MIGRATION_V3,
+    # definitions cannot change while migrating
+    DriverFeature.MIGRATE_CHANGE_PROTECTION,
+    DriverFeature.TYPED_PARAM_STRING,
+    DriverFeature.PROGRAM_KEEPALIVE,
+    DriverFeature.XML_MIGRATABLE,
+    DriverFeature.MIGRATION_OFFLINE,
+    DriverFeature.MIGRATION_PARAMS,
+    DriverFeature.REMOTE_EVENT_CALLBACK,
+    DriverFeature.REMOTE_CLOSE_CALLBACK,
+})
+_PRE_OPEN_FEATURES = frozenset({DriverFeature.PROGRAM_KEEPALIVE})
 _SUPPORTED_URIS = frozenset({"", "qemu:///system"})
 
 
@@ -43,12 +42,12 @@ async def auth_list(call: Call, args: Any) -> Any:
 
 
 async def connect_open(call: Call, args: Any) -> Any:
-    check_flags(args["flags"], CONNECT_RO | CONNECT_NO_ALIASES, "virConnectOpen")
+    check_flags(args["flags"], ConnectFlags.RO | ConnectFlags.NO_ALIASES, "virConnectOpen")
     name = args["name"] or ""
     if name.split("?", 1)[0] not in _SUPPORTED_URIS:
         raise VirtError(f"no connection driver available for {name}",
                         code=ErrorCode.NO_CONNECT, domain=ErrorDomain.REMOTE)
-    if args["flags"] & CONNECT_RO:
+    if args["flags"] & ConnectFlags.RO:
         call.client.readonly = True
     call.state.opened = True
     call.client.mark_opened()
@@ -67,8 +66,8 @@ async def supports_feature(call: Call, args: Any) -> Any:
     feature = args["feature"]
     if feature not in _PRE_OPEN_FEATURES:
         call.require_open()
-    supported = FEATURES.get(feature, 0)
-    if feature == FEATURE_PROGRAM_KEEPALIVE:
+    supported = int(feature in SUPPORTED_FEATURES)
+    if feature == DriverFeature.PROGRAM_KEEPALIVE:
         supported = int(call.client.enable_keepalive())
     return {"supported": supported}
 

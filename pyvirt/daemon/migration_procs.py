@@ -4,16 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from pyvirt.constants import MigrateFlags
+from pyvirt.constants import JobStatsFlags, MigrateFlags, MigrateMaxSpeedFlags
 from pyvirt.daemon.context import Call, Handler, check_flags, handle_of
 from pyvirt.errors import ErrorCode, InvalidArgError, OperationInvalidError, VirtError
 from pyvirt.qemu.migration.params import MigrationRequest, Side, parse_request
 from pyvirt.rpc.remote_protocol import RemoteProc as RP
 from pyvirt.rpc.remote_types import TypedParam, TypedParamType
-
-JOB_STATS_COMPLETED = 1
-JOB_STATS_KEEP_COMPLETED = 2
-MAX_SPEED_POSTCOPY = 1
 
 
 def request_of(args: Any, side: Side, api: str, direct: bool = False) -> MigrationRequest:
@@ -105,9 +101,10 @@ SIGNED_JOB_STATS = frozenset({"operation", "auto_converge_throttle"})
 async def job_stats(call: Call, args: Any) -> Any:
     call.require_open()
     flags = args["flags"]
-    check_flags(flags, JOB_STATS_COMPLETED | JOB_STATS_KEEP_COMPLETED, "virDomainGetJobStats")
+    check_flags(flags, JobStatsFlags.COMPLETED | JobStatsFlags.KEEP_COMPLETED,
+                "virDomainGetJobStats")
     job_type, stats = await call.driver.migration.job_stats(
-        call.domain(args["dom"]), bool(flags & JOB_STATS_COMPLETED))
+        call.domain(args["dom"]), bool(flags & JobStatsFlags.COMPLETED))
     params = [TypedParam(name, TypedParamType.INT if name in SIGNED_JOB_STATS
                          else TypedParamType.ULLONG, value) for name, value in stats.items()]
     return {"type": job_type, "params": params}
@@ -141,7 +138,7 @@ async def set_max_speed(call: Call, args: Any) -> Any:
 
 async def get_max_speed(call: Call, args: Any) -> Any:
     call.require_open()
-    if args["flags"] & MAX_SPEED_POSTCOPY:
+    if args["flags"] & MigrateMaxSpeedFlags.POSTCOPY:
         raise OperationInvalidError("post-copy migration is not supported yet")
     check_flags(args["flags"], 0, "virDomainMigrateGetMaxSpeed")
     return {"bandwidth": call.driver.migration.get_max_speed(call.domain(args["dom"]))}

@@ -465,6 +465,3 @@ REMOTE = Program.build(
     [*_CONNECTION, *_LISTING, *_INFO, *_LIFECYCLE, *_JOBS, *_MIGRATION, *_EVENTS],
 )
 
-
-#: VIR_DRV_FEATURE_PROGRAM_KEEPALIVE: answering it starts the server's keepalive (§7, §9)
-FEATURE_PROGRAM_KEEPALIVE = 10

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from pyvirt.constants import JobType
+from pyvirt.constants import AbortJobFlags, JobStatsFlags, JobType, MigrateMaxSpeedFlags
 from pyvirt.errors import ErrorCode, VirtError
 from pyvirt.virsh import output
 from pyvirt.virsh.commands_domain import optional_method, require
@@ -19,9 +19,6 @@ if TYPE_CHECKING:
     from pyvirt.virsh.api import Domain
     from pyvirt.virsh.shell import Shell
 
-JOB_STATS_COMPLETED = 1
-JOB_STATS_KEEP_COMPLETED = 2
-POSTCOPY = 1  # VIR_DOMAIN_MIGRATE_MAX_SPEED_POSTCOPY, VIR_DOMAIN_ABORT_JOB_POSTCOPY
 
 JOB_TYPES = ("None", "Bounded", "Unbounded", "Completed", "Failed", "Cancelled")
 JOB_OPERATIONS = ("Unknown", "Start", "Save", "Restore", "Incoming migration",
@@ -67,8 +64,8 @@ def _raw_value(value: object) -> str:
 def cmd_domjobinfo(shell: Shell, cmd: ParsedCommand) -> bool:
     require(cmd, ("keep-completed", "completed"))
     dom, _ = shell.domain(cmd)
-    flags = (JOB_STATS_COMPLETED if cmd.flag("completed") else 0) | \
-        (JOB_STATS_KEEP_COMPLETED if cmd.flag("keep-completed") else 0)
+    flags = int((JobStatsFlags.COMPLETED if cmd.flag("completed") else 0)
+                | (JobStatsFlags.KEEP_COMPLETED if cmd.flag("keep-completed") else 0))
     job_type, stats = job_stats(dom, flags, cmd.flag("rawstats"))
     if cmd.flag("rawstats"):
         shell.out(f"Job type: {job_type}\n\n")
@@ -80,7 +77,7 @@ def cmd_domjobinfo(shell: Shell, cmd: ParsedCommand) -> bool:
     if isinstance(operation, int):
         shell.out(f"{'Operation:':<17} {_name(JOB_OPERATIONS, operation):<12}\n")
     running = job_type in (JobType.BOUNDED, JobType.UNBOUNDED)
-    completed = bool(flags & JOB_STATS_COMPLETED) and job_type == JobType.COMPLETED
+    completed = bool(flags & JobStatsFlags.COMPLETED) and job_type == JobType.COMPLETED
     if running or completed or cmd.flag("anystats"):
         shell.out(JobReport(stats, job_type).render())
     return True
@@ -182,7 +179,7 @@ class JobReport:
 def cmd_domjobabort(shell: Shell, cmd: ParsedCommand) -> bool:
     dom, _ = shell.domain(cmd)
     if cmd.flag("postcopy"):
-        optional_method(dom, "abortJobFlags")(POSTCOPY)
+        optional_method(dom, "abortJobFlags")(AbortJobFlags.POSTCOPY)
     else:
         dom.abortJob()
     return True
@@ -216,14 +213,18 @@ def cmd_compcache(shell: Shell, cmd: ParsedCommand) -> bool:
 def cmd_setspeed(shell: Shell, cmd: ParsedCommand) -> bool:
     dom, _ = shell.domain(cmd)
     bandwidth = cmd.number("bandwidth", "ulwrap") or 0  # virsh lets -1 wrap around
-    dom.migrateSetMaxSpeed(bandwidth, POSTCOPY if cmd.flag("postcopy") else 0)
+    dom.migrateSetMaxSpeed(bandwidth, _speed_flags(cmd))
     return True
 
 
 def cmd_getspeed(shell: Shell, cmd: ParsedCommand) -> bool:
     dom, _ = shell.domain(cmd)
-    shell.out(f"{dom.migrateGetMaxSpeed(POSTCOPY if cmd.flag('postcopy') else 0)}\n")
+    shell.out(f"{dom.migrateGetMaxSpeed(_speed_flags(cmd))}\n")
     return True
+
+
+def _speed_flags(cmd: ParsedCommand) -> int:
+    return int(MigrateMaxSpeedFlags.POSTCOPY) if cmd.flag("postcopy") else 0
 
 
 def cmd_postcopy(shell: Shell, cmd: ParsedCommand) -> bool:

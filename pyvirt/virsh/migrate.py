@@ -31,7 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from pyvirt.constants import MigrateFlags
+from pyvirt.constants import EventID, MigrateFlags
 from pyvirt.errors import VirtError
 from pyvirt.virsh.commands_domain import exclusive, optional_method, read_xml_file, require
 from pyvirt.virsh.options import CommandError, ParsedCommand
@@ -42,9 +42,6 @@ if TYPE_CHECKING:
     from pyvirt.virsh.shell import Shell
 
 log = logging.getLogger(__name__)
-
-#: VIR_DOMAIN_EVENT_ID_MIGRATION_ITERATION
-EVENT_MIGRATION_ITERATION = 20
 
 
 class TimeoutAction(enum.IntEnum):
@@ -320,7 +317,7 @@ class Migration:
 
     def _register_iteration(self) -> int:
         register = optional_method(self.shell.connection, "domainEventRegisterAny")
-        callback_id = register(self.dom, EVENT_MIGRATION_ITERATION, _on_iteration, None)
+        callback_id = register(self.dom, EventID.MIGRATION_ITERATION, _on_iteration, None)
         assert isinstance(callback_id, int)
         return callback_id
 

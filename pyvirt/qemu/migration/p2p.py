@@ -17,7 +17,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from pyvirt.client.aio import AsyncConnection
-from pyvirt.constants import DomainState, MigrateFlags, PausedReason
+from pyvirt.constants import DomainState, DriverFeature, MigrateFlags, PausedReason
 from pyvirt.errors import ErrorCode, OperationFailedError, VirtError
 from pyvirt.qemu.domain_obj import DomainObj
 from pyvirt.qemu.migration import qemu_ops, src, uris
@@ -32,7 +32,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-FEATURE_P2P, FEATURE_V3, FEATURE_PARAMS = 4, 6, 13
+FEATURE_P2P, FEATURE_V3, FEATURE_PARAMS = (
+    DriverFeature.MIGRATION_P2P, DriverFeature.MIGRATION_V3, DriverFeature.MIGRATION_PARAMS)
 #: how long a source waits for a destination that vanished during Finish to come back
 OUTCOME_WAIT_S = 60.0
 #: while the disks are copied, how often the source asks whether the destination's incoming

@@ -33,6 +33,7 @@ from pyvirt.constants import (
     ShutoffReason,
 )
 from pyvirt.errors import (
+    InvalidArgError,
     MigrateUnsafeError,
     OperationFailedError,
     OperationInvalidError,
@@ -130,7 +131,7 @@ async def perform(engine: MigrationEngine, obj: DomainObj, request: MigrationReq
         return make_cookie(engine.driver, obj.name, obj.uuid)
     if not request.migrate_uri:
         engine.end_job(obj)
-        raise VirtError("invalid argument: migrate_uri is required", code=8)
+        raise InvalidArgError("migrate_uri is required")
     try:
         peer = await read_cookie(engine.driver, cookie_in) if request.storage_copy else None
         await perform_native(engine, obj, job, request.migrate_uri, request,
