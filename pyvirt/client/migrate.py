@@ -28,6 +28,9 @@ order included, because the order decides which error a caller sees::
       dconnuri required for p2p (ignored otherwise); p2p to "localhost…" refused;
       feature 13 → SRC PERFORM3_PARAMS(dconnuri or NULL, params, no cookie, flags)
 
+The flag rules (which flags exclude or need which, and their words) are data in
+:mod:`pyvirt.migrate_flags`, shared with pyvirsh and the daemon; each API's order is here.
+
 Parameters are edited the way virTypedParamsReplaceString does it: a parameter already
 given keeps its place and gets the new value, a new one goes at the end.
 
@@ -49,6 +52,13 @@ from pyvirt.client.error import libvirtError
 from pyvirt.client.params import ParamsIn, to_typed_params
 from pyvirt.constants import DomainState, DriverFeature, MigrateFlags
 from pyvirt.errors import ErrorCode, ErrorDomain
+from pyvirt.migrate_flags import (
+    LIBRARY_CHECKS,
+    SOURCE_ONLY_FLAGS,
+    TUNNELLED_NEEDS_P2P,
+    Layer,
+    first_broken,
+)
 from pyvirt.rpc.remote_types import TypedParam
 
 if TYPE_CHECKING:
@@ -59,8 +69,6 @@ log = logging.getLogger(__name__)
 F = MigrateFlags
 #: the parameters the pre-params protocol could carry (virDomainMigrate3's compatParams)
 COMPAT_PARAMS = frozenset({"migrate_uri", "destination_name", "destination_xml", "bandwidth"})
-#: flags the destination never sees (virDomainMigrateVersion3Full's destflags)
-SOURCE_ONLY_FLAGS = F.ABORT_ON_ERROR | F.AUTO_CONVERGE
 
 
 # -- errors as libvirt's client library raises them ------------------------------------------
@@ -92,10 +100,11 @@ def _check_writable(conn: AsyncConnection, api: str) -> None:
                      ErrorCode.OPERATION_DENIED)  # fmt: skip
 
 
-def _exclusive(flags: int, first: MigrateFlags, second: MigrateFlags) -> None:
-    if flags & first and flags & second:
-        raise _invalid_arg(f"Flags 'VIR_MIGRATE_{first.name}' and 'VIR_MIGRATE_{second.name}' "
-                           "are mutually exclusive")  # fmt: skip
+def _check_flag_rules(flags: int, api: str) -> None:
+    """libvirt.so's flag rules for ``api`` (pyvirt.migrate_flags), as virReportInvalidArg."""
+    broken = first_broken(flags, LIBRARY_CHECKS[api])
+    if broken is not None:
+        raise _invalid_arg(broken.message_for(Layer.LIBRARY))
 
 
 async def _supports(conn: AsyncConnection, feature: DriverFeature) -> bool:
@@ -136,11 +145,7 @@ async def migrate3(dom: AsyncDomain, dconn: AsyncConnection, params: ParamsIn | 
     src = dom.connect()
     _check_writable(src, "virDomainMigrate3")
     _check_writable(dconn, "virDomainMigrate3")
-    _exclusive(flags, F.NON_SHARED_DISK, F.NON_SHARED_INC)
-    if flags & F.PEER2PEER:
-        raise _invalid_arg("use virDomainMigrateToURI3 for peer-to-peer migration")
-    if flags & F.TUNNELLED:
-        raise _invalid_arg("cannot perform tunnelled migration without using peer2peer flag")
+    _check_flag_rules(flags, "virDomainMigrate3")
     await _check_offline(src, dconn, flags)
     flags = await _check_protection(src, flags)
     if await _supports(src, DriverFeature.MIGRATION_PARAMS) and \
@@ -286,7 +291,7 @@ async def migrate_to_uri3(dom: AsyncDomain, dconnuri: str | None, params: Params
     """Peer-to-peer (``dconnuri`` = the destination as the source sees it) or direct."""
     typed = to_typed_params(params)
     _check_writable(dom.connect(), "virDomainMigrateToURI3")
-    _exclusive(flags, F.TUNNELLED, F.PARALLEL)
+    _check_flag_rules(flags, "virDomainMigrateToURI3")
     await _check_unmanaged(dom, flags)
     if flags & F.PEER2PEER:
         if dconnuri is None:
@@ -297,9 +302,8 @@ async def migrate_to_uri3(dom: AsyncDomain, dconnuri: str | None, params: Params
 
 
 async def _check_unmanaged(dom: AsyncDomain, flags: int) -> None:
-    """virDomainMigrateUnmanagedCheckCompat."""
+    """virDomainMigrateUnmanagedCheckCompat (its flag rule ran with the caller's)."""
     src = dom.connect()
-    _exclusive(flags, F.NON_SHARED_DISK, F.NON_SHARED_INC)
     if flags & F.OFFLINE and not await _supports(src, DriverFeature.MIGRATION_OFFLINE):
         raise _unsupported("offline migration is not supported by the source host")
     if flags & F.PEER2PEER:
@@ -365,7 +369,7 @@ async def migrate(dom: AsyncDomain, dconn: AsyncConnection, flags: int, dname: s
     src = dom.connect()
     _check_writable(src, "virDomainMigrate")
     _check_writable(dconn, "virDomainMigrate")
-    _exclusive(flags, F.NON_SHARED_DISK, F.NON_SHARED_INC)
+    _check_flag_rules(flags, "virDomainMigrate")
     await _check_offline(src, dconn, flags)
     if flags & F.PEER2PEER:
         if not await _supports(src, DriverFeature.MIGRATION_P2P):
@@ -374,11 +378,10 @@ async def migrate(dom: AsyncDomain, dconn: AsyncConnection, flags: int, dname: s
         await _migrate_unmanaged(dom, uri or dconn.getURI(), params, flags)
         return await dconn.lookupByName(dname or dom.name())
     flags = await _check_protection(src, flags)
-    if flags & F.TUNNELLED:
-        raise libvirtError("Requested operation is not valid: cannot perform tunnelled "
-                           "migration without using peer2peer flag",
-                           code=ErrorCode.OPERATION_INVALID,
-                           domain=ErrorDomain.DOMAIN)  # fmt: skip
+    if TUNNELLED_NEEDS_P2P.broken(flags):  # on this path, as OPERATION_INVALID
+        raise _error("Requested operation is not valid: "
+                     f"{TUNNELLED_NEEDS_P2P.message_for(Layer.LIBRARY)}",
+                     ErrorCode.OPERATION_INVALID)
     if await _supports(src, DriverFeature.MIGRATION_PARAMS) and \
             await _supports(dconn, DriverFeature.MIGRATION_PARAMS):  # fmt: skip
         params = _legacy_params(dname, uri, bandwidth or None)
@@ -390,6 +393,7 @@ async def migrate_to_uri(dom: AsyncDomain, duri: str, flags: int, dname: str | N
                          bandwidth: int) -> None:  # fmt: skip
     """virDomainMigrateToURI: ``duri`` is the dconnuri (p2p) or the migration URI."""
     _check_writable(dom.connect(), "virDomainMigrateToURI")
+    _check_flag_rules(flags, "virDomainMigrateToURI")
     await _check_unmanaged(dom, flags)
     p2p = bool(flags & F.PEER2PEER)
     params = _legacy_params(dname, None if p2p else duri, bandwidth)

@@ -13,7 +13,8 @@ Parsed once, at the edge, the way virsh 9.0 does it, including the order of its 
    without peer-to-peer. The stock virsh makes them client-side too.
 
 Checks that need the daemon (driver features, offline without --persistent, ...) are the
-daemon's business and are not repeated here.
+daemon's business and are not repeated here. The flag rules of steps 1, 4 and 5 are data in
+:mod:`pyvirt.migrate_flags`, shared with the client library and the daemon.
 
 Running (cmdMigrate / doMigrate): steps 1-2 on the main thread, then the
 MIGRATION_ITERATION registration (``--postcopy-after-precopy``), then the destination
@@ -33,6 +34,15 @@ from typing import TYPE_CHECKING, Any
 
 from pyvirt.constants import EventID, MigrateFlags
 from pyvirt.errors import VirtError
+from pyvirt.migrate_flags import (
+    LIBRARY_CHECKS,
+    LIVE_OFFLINE_EXCLUSIVE,
+    SYNC_WRITES_NEED_STORAGE_COPY,
+    VIRSH_OPTIONS,
+    FlagRule,
+    Layer,
+    first_broken,
+)
 from pyvirt.virsh.commands_domain import exclusive, optional_method, read_xml_file, require
 from pyvirt.virsh.options import CommandError, ParsedCommand
 from pyvirt.virsh.progress import JobWatcher
@@ -100,8 +110,15 @@ class MigrateRequest:
 
 
 # -- 1 and 2: combinations and the timeout -----------------------------------------------------
+#: flag rules virsh checks on its options, before the domain lookup (pyvirt.migrate_flags)
+OPTION_RULES: tuple[FlagRule, ...] = (LIVE_OFFLINE_EXCLUSIVE,)
+#: flag rules virsh checks once it has built the flags
+FLAG_RULES: tuple[FlagRule, ...] = (SYNC_WRITES_NEED_STORAGE_COPY,)
+
+
 def check_combinations(cmd: ParsedCommand) -> None:
-    exclusive(cmd, ("live", "offline"), ("timeout-suspend", "timeout-postcopy"))
+    _refuse_broken(_flags_given(cmd), OPTION_RULES, Layer.VIRSH)
+    exclusive(cmd, ("timeout-suspend", "timeout-postcopy"))
     require(cmd, ("postcopy-after-precopy", "postcopy"), ("timeout-postcopy", "postcopy"),
             ("persistent-xml", "persistent"), ("tls-destination", "tls"))  # fmt: skip
 
@@ -199,67 +216,36 @@ def parameters_of(cmd: ParsedCommand) -> tuple[MigrateParam, ...]:
 
 # -- 4: flags ----------------------------------------------------------------------------------
 #: option → flag, in the order virsh sets them
-FLAGS: tuple[tuple[str, MigrateFlags], ...] = (
-    ("live", MigrateFlags.LIVE),
-    ("p2p", MigrateFlags.PEER2PEER),
-    ("tunnelled", MigrateFlags.TUNNELLED),
-    ("persistent", MigrateFlags.PERSIST_DEST),
-    ("undefinesource", MigrateFlags.UNDEFINE_SOURCE),
-    ("suspend", MigrateFlags.PAUSED),
-    ("copy-storage-all", MigrateFlags.NON_SHARED_DISK),
-    ("copy-storage-inc", MigrateFlags.NON_SHARED_INC),
-    ("copy-storage-synchronous-writes", MigrateFlags.NON_SHARED_SYNCHRONOUS_WRITES),
-    ("change-protection", MigrateFlags.CHANGE_PROTECTION),
-    ("unsafe", MigrateFlags.UNSAFE),
-    ("compressed", MigrateFlags.COMPRESSED),
-    ("auto-converge", MigrateFlags.AUTO_CONVERGE),
-    ("rdma-pin-all", MigrateFlags.RDMA_PIN_ALL),
-    ("offline", MigrateFlags.OFFLINE),
-    ("abort-on-error", MigrateFlags.ABORT_ON_ERROR),
-    ("postcopy", MigrateFlags.POSTCOPY),
-    ("postcopy-resume", MigrateFlags.POSTCOPY_RESUME),
-    ("zerocopy", MigrateFlags.ZEROCOPY),
-    ("tls", MigrateFlags.TLS),
-    ("parallel", MigrateFlags.PARALLEL),
-)
-
-_STORAGE_COPY = MigrateFlags.NON_SHARED_DISK | MigrateFlags.NON_SHARED_INC
+FLAGS = VIRSH_OPTIONS
 
 
-def flags_of(cmd: ParsedCommand) -> MigrateFlags:
+def _flags_given(cmd: ParsedCommand) -> MigrateFlags:
     flags = MigrateFlags(0)
     for option, value in FLAGS:
-        if not cmd.flag(option):
-            continue
-        if value == MigrateFlags.NON_SHARED_SYNCHRONOUS_WRITES and not flags & _STORAGE_COPY:
-            # virsh's own wording, second dash pair missing included
-            raise CommandError("'--copy-storage-synchronous-writes' requires one of "
-                               "'--copy-storage-all', 'copy-storage-inc'")  # fmt: skip
-        flags |= value
+        if cmd.flag(option):
+            flags |= value
     return flags
 
 
+def flags_of(cmd: ParsedCommand) -> MigrateFlags:
+    flags = _flags_given(cmd)
+    _refuse_broken(flags, FLAG_RULES, Layer.VIRSH)
+    return flags
+
+
+def _refuse_broken(flags: MigrateFlags, rules: tuple[FlagRule, ...], layer: Layer) -> None:
+    broken = first_broken(flags, rules)
+    if broken is not None:
+        raise CommandError(broken.message_for(layer))
+
+
 # -- 5: the client library's checks --------------------------------------------------------------
-def _exclusive_flags(flags: MigrateFlags, first: MigrateFlags, second: MigrateFlags) -> None:
-    if first in flags and second in flags:
-        raise CommandError(f"Flags 'VIR_MIGRATE_{first.name}' and 'VIR_MIGRATE_{second.name}' "
-                           "are mutually exclusive")  # fmt: skip
-
-
 def library_checks(request: MigrateRequest, readonly: bool) -> None:
     """What libvirt.so refuses before sending anything, in its order for each API."""
+    api = f"virDomain{request.api[0].upper()}{request.api[1:]}"
     if readonly:
-        raise CommandError("operation forbidden: read only access prevents "
-                           f"virDomain{request.api[0].upper()}{request.api[1:]}")  # fmt: skip
-    flags = request.flags
-    if request.api == "migrateToURI3":
-        _exclusive_flags(flags, MigrateFlags.TUNNELLED, MigrateFlags.PARALLEL)
-        _exclusive_flags(flags, MigrateFlags.NON_SHARED_DISK, MigrateFlags.NON_SHARED_INC)
-        return
-    _exclusive_flags(flags, MigrateFlags.NON_SHARED_DISK, MigrateFlags.NON_SHARED_INC)
-    if MigrateFlags.TUNNELLED in flags:
-        raise CommandError("cannot perform tunnelled migration without using peer2peer flag")
-    _exclusive_flags(flags, MigrateFlags.TUNNELLED, MigrateFlags.PARALLEL)
+        raise CommandError(f"operation forbidden: read only access prevents {api}")
+    _refuse_broken(request.flags, LIBRARY_CHECKS[api], Layer.LIBRARY)
 
 
 def build_request(cmd: ParsedCommand, domain: str) -> MigrateRequest:

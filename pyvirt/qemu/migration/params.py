@@ -14,6 +14,7 @@ failing check is the error the caller sees (libvirt's order where libvirt has th
                       6b names and addresses         hostile input (docs/security.md):
                                                      dname, URIs, listen address
                       7 flag combinations            qemuMigrationSrcBeginPhase, PerformPeer2Peer
+                                                     (the flag rules: pyvirt.migrate_flags)
                   ──► MigrationRequest
 
 :meth:`MigrationRequest.to_params` turns a request back into typed parameters (the p2p source
@@ -32,6 +33,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
+from pyvirt import migrate_flags as mf
 from pyvirt.client.names import MIGRATE_PARAMS, MULTI_VALUED_PARAMS
 from pyvirt.conf.domain_validate import validate_domain_name
 from pyvirt.constants import UNLIMITED_BANDWIDTH_BYTES, MigrateFlags
@@ -43,6 +45,7 @@ from pyvirt.errors import (
     OperationUnsupportedError,
     VirtError,
 )
+from pyvirt.migrate_flags import OPTION_OF, SOURCE_ONLY_FLAGS, FlagRule, Layer
 from pyvirt.qemu.migration import uris
 from pyvirt.qemu.migration.storage import parse_disks_uri
 from pyvirt.rpc.remote_types import TypedParam, TypedParamType, TypedValue
@@ -70,21 +73,7 @@ _DEFAULT_API = {Side.SOURCE: "qemuDomainMigratePerform3Params",
                 Side.DESTINATION: "qemuDomainMigratePrepare3Params"}
 
 #: every flag's virsh option, for messages ("needed for --postcopy")
-FLAG_OPTIONS: Mapping[MigrateFlags, str] = {
-    MigrateFlags.LIVE: "--live", MigrateFlags.PEER2PEER: "--p2p",
-    MigrateFlags.TUNNELLED: "--tunnelled", MigrateFlags.PERSIST_DEST: "--persistent",
-    MigrateFlags.UNDEFINE_SOURCE: "--undefinesource", MigrateFlags.PAUSED: "--suspend",
-    MigrateFlags.NON_SHARED_DISK: "--copy-storage-all",
-    MigrateFlags.NON_SHARED_INC: "--copy-storage-inc",
-    MigrateFlags.CHANGE_PROTECTION: "--change-protection", MigrateFlags.UNSAFE: "--unsafe",
-    MigrateFlags.OFFLINE: "--offline", MigrateFlags.COMPRESSED: "--compressed",
-    MigrateFlags.ABORT_ON_ERROR: "--abort-on-error",
-    MigrateFlags.AUTO_CONVERGE: "--auto-converge",
-    MigrateFlags.RDMA_PIN_ALL: "--rdma-pin-all", MigrateFlags.POSTCOPY: "--postcopy",
-    MigrateFlags.TLS: "--tls", MigrateFlags.PARALLEL: "--parallel",
-    MigrateFlags.NON_SHARED_SYNCHRONOUS_WRITES: "--copy-storage-synchronous-writes",
-    MigrateFlags.POSTCOPY_RESUME: "--postcopy-resume", MigrateFlags.ZEROCOPY: "--zerocopy",
-}  # fmt: skip
+FLAG_OPTIONS: Mapping[MigrateFlags, str] = OPTION_OF
 
 
 def flag_label(flag: MigrateFlags) -> str:
@@ -143,8 +132,6 @@ STORAGE_PARAMS: Final = frozenset(
 #: parameters only the source uses: a p2p source does not forward them to Prepare
 SOURCE_ONLY_PARAMS: Final = frozenset({"persistent_xml", "auto_converge.initial",
                                        "auto_converge.increment", "bandwidth.avail.switchover"})
-#: flags libvirt strips before calling the destination (qemuMigrationSrcPerformPeer2Peer3)
-SOURCE_ONLY_FLAGS: Final = MigrateFlags.ABORT_ON_ERROR | MigrateFlags.AUTO_CONVERGE
 
 #: --direct: what needs a pyvirtd on the destination, and what it would have done there
 _NBD = "export the destination disks over NBD"
@@ -291,7 +278,7 @@ class MigrationRequest:
     @property
     def storage_copy(self) -> bool:
         """Disks are copied (NBD + mirror): --copy-storage-all or --copy-storage-inc."""
-        return self.has(MigrateFlags.NON_SHARED_DISK | MigrateFlags.NON_SHARED_INC)
+        return self.has(mf.STORAGE_COPY)
 
     @property
     def storage_incremental(self) -> bool:
@@ -511,80 +498,74 @@ def _check_addresses(values: _Values) -> None:
 
 # -- 7: flag combinations -----------------------------------------------------------------------
 _F = MigrateFlags
-_Rule = tuple[Callable[[MigrateFlags, _Values, tuple[str, ...]], bool], Callable[[], VirtError]]
 
-#: (condition, error) in the order libvirt checks them; the first match is reported
-FLAG_RULES: tuple[_Rule, ...] = (
-    (lambda f, v, c: _F.TUNNELLED in f and _F.PEER2PEER not in f,  # virDomainMigrate3's code
-     lambda: InvalidArgError("cannot perform tunnelled migration without using peer2peer flag")),
-    (lambda f, v, c: _F.TUNNELLED in f and _F.PARALLEL in f,
-     lambda: InvalidArgError(
-         "Flags 'VIR_MIGRATE_TUNNELLED' and 'VIR_MIGRATE_PARALLEL' are mutually exclusive")),
-    (lambda f, v, c: _F.TUNNELLED in f and "migrate_uri" in v,
-     lambda: ArgumentUnsupportedError("migration URI is not supported by tunnelled migration")),
-    (lambda f, v, c: _F.TUNNELLED in f and "listen_address" in v,
-     lambda: ArgumentUnsupportedError("listen address is not supported by tunnelled migration")),
-    (lambda f, v, c: _F.OFFLINE in f and _F.LIVE in f,  # pyvirt's (virsh checks it client-side)
-     lambda: OperationInvalidError("offline migration cannot be live: --offline moves only "
-                                   "the definition")),
-    (lambda f, v, c: _F.POSTCOPY in f and (_F.LIVE not in f or _F.PAUSED in f),
-     lambda: ArgumentUnsupportedError(
-         "post-copy migration is not supported with non-live or paused migration")),
-    (lambda f, v, c: _F.POSTCOPY in f and _F.TUNNELLED in f,
-     lambda: ArgumentUnsupportedError("post-copy is not supported with tunnelled migration")),
-    (lambda f, v, c: _F.OFFLINE in f and bool(f & (_F.NON_SHARED_DISK | _F.NON_SHARED_INC)),
-     lambda: OperationInvalidError("offline migration cannot handle non-shared storage")),
-    (lambda f, v, c: _F.OFFLINE in f and _F.PERSIST_DEST not in f,
-     lambda: OperationInvalidError(
-         "offline migration must be specified with the persistent flag set")),
-    (lambda f, v, c: _F.OFFLINE in f and _F.TUNNELLED in f,
-     lambda: OperationInvalidError("tunnelled offline migration does not make sense")),
-    (lambda f, v, c: _F.ZEROCOPY in f and _F.PARALLEL not in f,
-     lambda: OperationInvalidError("zero-copy is only available for parallel migration")),
-    (lambda f, v, c: _F.ZEROCOPY in f and bool(c),  # pyvirt's: QEMU refuses the combination
-     lambda: ArgumentUnsupportedError(
-         "zero-copy is not supported with compressed parallel migration")),
+
+@dataclass(frozen=True)
+class _Check:
+    """One check of step 7: when ``applies``, ``error`` is raised."""
+
+    applies: Callable[[MigrateFlags, _Values, tuple[str, ...]], bool]
+    error: Callable[[], VirtError]
+    #: the shared flag rule it applies (pyvirt.migrate_flags), None for a rule on parameters
+    rule: FlagRule | None = None
+
+
+def _shared(rule: FlagRule, error: Callable[[str], VirtError]) -> _Check:
+    """A rule of pyvirt.migrate_flags, in this driver's words, raised as ``error``."""
+    return _Check(lambda f, v, c: rule.broken(f), lambda: error(rule.message_for(Layer.DRIVER)),
+                  rule)
+
+
+#: in the order libvirt checks them; the first match is reported
+FLAG_RULES: tuple[_Check, ...] = (
+    _shared(mf.TUNNELLED_NEEDS_P2P, InvalidArgError),  # virDomainMigrate3's code
+    _shared(mf.TUNNELLED_PARALLEL_EXCLUSIVE, InvalidArgError),
+    _Check(lambda f, v, c: _F.TUNNELLED in f and "migrate_uri" in v,
+           lambda: ArgumentUnsupportedError(
+               "migration URI is not supported by tunnelled migration")),
+    _Check(lambda f, v, c: _F.TUNNELLED in f and "listen_address" in v,
+           lambda: ArgumentUnsupportedError(
+               "listen address is not supported by tunnelled migration")),
+    _shared(mf.LIVE_OFFLINE_EXCLUSIVE, OperationInvalidError),  # pyvirt's (virsh's too)
+    _shared(mf.POSTCOPY_NEEDS_LIVE, ArgumentUnsupportedError),
+    _shared(mf.POSTCOPY_NOT_TUNNELLED, ArgumentUnsupportedError),
+    _shared(mf.OFFLINE_NO_STORAGE_COPY, OperationInvalidError),
+    _shared(mf.OFFLINE_NEEDS_PERSIST, OperationInvalidError),
+    _shared(mf.OFFLINE_NOT_TUNNELLED, OperationInvalidError),
+    _shared(mf.ZEROCOPY_NEEDS_PARALLEL, OperationInvalidError),
+    _Check(lambda f, v, c: _F.ZEROCOPY in f and bool(c),  # pyvirt's: QEMU refuses it
+           lambda: ArgumentUnsupportedError(
+               "zero-copy is not supported with compressed parallel migration")),
 )  # fmt: skip
 
 #: storage rules, live once STORAGE_MIGRATION_SUPPORTED is True
-STORAGE_RULES: tuple[_Rule, ...] = (
-    (lambda f, v, c: _F.NON_SHARED_DISK in f and _F.NON_SHARED_INC in f,
-     lambda: InvalidArgError("Flags 'VIR_MIGRATE_NON_SHARED_DISK' and "
-                             "'VIR_MIGRATE_NON_SHARED_INC' are mutually exclusive")),
-    (lambda f, v, c: _F.NON_SHARED_SYNCHRONOUS_WRITES in f
-     and not f & (_F.NON_SHARED_DISK | _F.NON_SHARED_INC),
-     lambda: InvalidArgError("VIR_MIGRATE_NON_SHARED_SYNCHRONOUS_WRITES requires "
-                             "VIR_MIGRATE_NON_SHARED_DISK or VIR_MIGRATE_NON_SHARED_INC")),
-    (lambda f, v, c: bool(f & (_F.NON_SHARED_DISK | _F.NON_SHARED_INC)) and _F.TUNNELLED in f,
-     lambda: OperationUnsupportedError("migration of non-shared storage is not supported "
-                                       "with tunnelled migration and this QEMU")),
-    (lambda f, v, c: _F.TUNNELLED in f and "disks_port" in v,
-     lambda: ArgumentUnsupportedError(
-         "disk port address is not supported by tunnelled migration")),
-    (lambda f, v, c: "migrate_disks" in v and not f & (_F.NON_SHARED_DISK | _F.NON_SHARED_INC),
-     lambda: OperationUnsupportedError(
-         "use of 'VIR_MIGRATE_PARAM_MIGRATE_DISKS' requires use of "
-         "'VIR_MIGRATE_NON_SHARED_DISK' or 'VIR_MIGRATE_NON_SHARED_INC' flag")),
-    (lambda f, v, c: "disks_port" in v and "disks_uri" in v,
-     lambda: InvalidArgError("Both port and URI requested for disk migration while being "
-                             "mutually exclusive")),
-    (lambda f, v, c: "migrate_disks_detect_zeroes" in v
-     and not f & (_F.NON_SHARED_DISK | _F.NON_SHARED_INC),
-     lambda: OperationUnsupportedError(
-         "use of 'VIR_MIGRATE_PARAM_MIGRATE_DISKS_DETECT_ZEROES' requires use of "
-         "'VIR_MIGRATE_NON_SHARED_DISK' or 'VIR_MIGRATE_NON_SHARED_INC' flag")),
-    # pyvirt's: the mirrors end at pre-switchover, which post-copy would have to move
-    (lambda f, v, c: _F.POSTCOPY in f and bool(f & (_F.NON_SHARED_DISK | _F.NON_SHARED_INC)),
-     lambda: ArgumentUnsupportedError(
-         "post-copy with storage migration (--copy-storage-*) is not supported yet")),
+STORAGE_RULES: tuple[_Check, ...] = (
+    _shared(mf.DISK_INC_EXCLUSIVE, InvalidArgError),
+    _shared(mf.SYNC_WRITES_NEED_STORAGE_COPY, InvalidArgError),
+    _shared(mf.STORAGE_COPY_NOT_TUNNELLED, OperationUnsupportedError),
+    _Check(lambda f, v, c: _F.TUNNELLED in f and "disks_port" in v,
+           lambda: ArgumentUnsupportedError(
+               "disk port address is not supported by tunnelled migration")),
+    _Check(lambda f, v, c: "migrate_disks" in v and not f & mf.STORAGE_COPY,
+           lambda: OperationUnsupportedError(
+               "use of 'VIR_MIGRATE_PARAM_MIGRATE_DISKS' requires use of "
+               "'VIR_MIGRATE_NON_SHARED_DISK' or 'VIR_MIGRATE_NON_SHARED_INC' flag")),
+    _Check(lambda f, v, c: "disks_port" in v and "disks_uri" in v,
+           lambda: InvalidArgError("Both port and URI requested for disk migration while "
+                                   "being mutually exclusive")),
+    _Check(lambda f, v, c: "migrate_disks_detect_zeroes" in v and not f & mf.STORAGE_COPY,
+           lambda: OperationUnsupportedError(
+               "use of 'VIR_MIGRATE_PARAM_MIGRATE_DISKS_DETECT_ZEROES' requires use of "
+               "'VIR_MIGRATE_NON_SHARED_DISK' or 'VIR_MIGRATE_NON_SHARED_INC' flag")),
+    _shared(mf.POSTCOPY_NO_STORAGE_COPY, ArgumentUnsupportedError),
 )  # fmt: skip
 
 
 def _check_flag_rules(flags: MigrateFlags, values: _Values, multifd: tuple[str, ...]) -> None:
     rules = FLAG_RULES + (STORAGE_RULES if STORAGE_MIGRATION_SUPPORTED else ())
-    for applies, error in rules:
-        if applies(flags, values, multifd):
-            raise error()
+    for check in rules:
+        if check.applies(flags, values, multifd):
+            raise check.error()
 
 
 # -- the entry point ------------------------------------------------------------------------
