@@ -118,8 +118,6 @@ def test_postcopy_switch_completes(pair: Pair, mode: str) -> None:
     assert_no_listening_ports(pair)
 
 
-@pytest.mark.xfail(strict=True, reason="dst._postcopy_failed ends the job without "
-                   "engine.release: the incoming job's migration port stays allocated")
 @pytest.mark.parametrize("mode", POSTCOPY_MODES)
 def test_postcopy_broken_in_finish_keeps_both_halves_and_frees_the_port(
         pair: Pair, mode: str) -> None:

@@ -35,6 +35,7 @@ from pyvirt.qemu.migration.cookie import CookieNBD, MigrationCookie
 from pyvirt.qemu.migration.cookie_io import make_cookie, read_cookie
 from pyvirt.qemu.migration.job import MigrationJob, Phase
 from pyvirt.qemu.migration.params import MigrationRequest, Side
+from pyvirt.qemu.migration.qemu_status import FINAL, HANDED_OVER, MigrationStatus
 from pyvirt.rpc.stream import Stream
 
 if TYPE_CHECKING:
@@ -44,7 +45,6 @@ log = logging.getLogger(__name__)
 
 #: how long Finish waits for the incoming stream to complete after Perform returned
 FINISH_TIMEOUT_S = 120.0
-_POSTCOPY_DONE = frozenset({"postcopy-active", "completed"})
 
 
 async def prepare(engine: MigrationEngine, client_id: int | None, request: MigrationRequest,
@@ -161,7 +161,7 @@ async def finish(engine: MigrationEngine, request: MigrationRequest, cookie_in: 
         return None, b""
     monitor = driver.runner.monitor(obj)
     try:
-        until = _POSTCOPY_DONE if request.postcopy else qemu_ops.FINAL_STATES
+        until = HANDED_OVER if request.postcopy else FINAL
         await asyncio.wait_for(qemu_ops.wait_final(monitor, job, incoming=True, until=until),
                                FINISH_TIMEOUT_S)
         job.set_phase(Phase.FINISH3)
@@ -170,12 +170,12 @@ async def finish(engine: MigrationEngine, request: MigrationRequest, cookie_in: 
         await _activate(engine, obj, request)
         storage_dst.forget_created(job)  # the guest runs here: its images stay
     except BaseException:
-        if job.status in ("postcopy-active", *qemu_ops.POSTCOPY_BROKEN):
-            _postcopy_failed(engine, obj)
+        if job.status.postcopy_started:
+            engine.postcopy_failed(obj)
         else:
             await abandon(engine, obj)
         raise
-    if job.status == "postcopy-active":
+    if job.status is MigrationStatus.POSTCOPY_ACTIVE:
         await _complete_postcopy(engine, obj, job)
     if cookie is not None and cookie.statistics is not None:
         engine.remember_incoming(obj, cookie.statistics)
@@ -190,18 +190,11 @@ async def _complete_postcopy(engine: MigrationEngine, obj: DomainObj,
         await asyncio.wait_for(qemu_ops.wait_final(engine.driver.runner.monitor(obj), job,
                                                    incoming=True), FINISH_TIMEOUT_S)
     except BaseException:
-        _postcopy_failed(engine, obj)
+        engine.postcopy_failed(obj)
         raise
     if obj.state == DomainState.RUNNING:
         obj.set_state(DomainState.RUNNING, RunningReason.MIGRATED)
         engine.driver.runner.save_status(obj)
-
-
-def _postcopy_failed(engine: MigrationEngine, obj: DomainObj) -> None:
-    """Post-copy broke: this side holds part of the guest; keep it, paused, reported."""
-    obj.set_state(DomainState.PAUSED, PausedReason.POSTCOPY_FAILED)
-    engine.driver.runner.save_status(obj)
-    engine.end_job(obj)
 
 
 async def _activate(engine: MigrationEngine, obj: DomainObj,
@@ -212,7 +205,8 @@ async def _activate(engine: MigrationEngine, obj: DomainObj,
     if request.paused:
         obj.set_state(DomainState.PAUSED, PausedReason.USER)
     else:
-        postcopy = obj.migration is not None and obj.migration.status == "postcopy-active"
+        postcopy = obj.migration is not None \
+            and obj.migration.status is MigrationStatus.POSTCOPY_ACTIVE
         reason = RunningReason.POSTCOPY if postcopy else RunningReason.MIGRATED
         obj.pending_resume_reason = reason
         await driver.runner.monitor(obj).execute("cont")

@@ -31,6 +31,7 @@ from pyvirt.qemu.migration.cookie import CookieStatistics
 from pyvirt.qemu.migration.job import MigrationJob, Phase, job_info, job_stats
 from pyvirt.qemu.migration.journal import Journal
 from pyvirt.qemu.migration.params import MigrationRequest
+from pyvirt.qemu.migration.qemu_status import MigrationStatus
 from pyvirt.qemu.resources import PortAllocator
 from pyvirt.rpc.stream import Stream
 
@@ -40,8 +41,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MIB = 1024 * 1024
-#: QEMU states in which the destination already runs the guest (post-copy switched)
-POSTCOPY_STARTED = frozenset({"postcopy-active", *qemu_ops.POSTCOPY_BROKEN})
 #: libvirt's QEMU_DOMAIN_MIG_BANDWIDTH_MAX (MiB/s): what migrate-getspeed says by default
 BANDWIDTH_MAX_MIB = (2**63 - 1) // MIB
 
@@ -130,20 +129,33 @@ class MigrationEngine:
             obj.migration.end()
         obj.migration = None
 
-    def postcopy_failed(self, obj: DomainObj) -> None:
-        """Post-copy broke: part of the guest is on each side. Keep both, paused."""
-        if obj.state != DomainState.PAUSED or obj.reason != PausedReason.POSTCOPY_FAILED:
+    def postcopy_failed(self, obj: DomainObj, *, keep_job: bool = False) -> None:
+        """Post-copy broke after the switchover: part of the guest is on each host, so
+        neither side may resume or discard it. Every path that notices calls this.
+
+        The guest (with its QEMU) stays, paused (post-copy failed): set, saved and announced
+        (SUSPENDED/POSTCOPY_FAILED) once, however many paths notice. An incoming job ends
+        here and gives its migration and NBD ports back, unless ``keep_job``: a phase still
+        waits on it (the QMP event came while Finish waits), which calls again when it gives
+        up. An outgoing job is ended by the phase that owns it (Confirm, or p2p).
+        """
+        already = obj.state == DomainState.PAUSED and obj.reason == PausedReason.POSTCOPY_FAILED
+        if obj.active and not already:
             log.error("[dom=%s] post-copy migration failed; guest paused (post-copy failed)",
                       obj.name)
             obj.set_state(DomainState.PAUSED, PausedReason.POSTCOPY_FAILED)
             self.driver.runner.save_status(obj)
             self.driver.runner.emit(obj, LifecycleEvent.SUSPENDED,
                                     EventSuspendedDetail.POSTCOPY_FAILED)
+        job = obj.migration
+        if job is not None and not job.outgoing and not keep_job:
+            storage_dst.forget_created(job)  # its QEMU runs on them: never removed here
+            self.release(obj)
 
     def _on_domain_stopped(self, obj: DomainObj) -> None:
         job = obj.migration
         if job is not None and not job.outgoing:
-            if job.status not in ("completed",):
+            if job.status is not MigrationStatus.COMPLETED:
                 self.incoming_errors[obj.name] = "the destination QEMU exited during migration"
             self.release(obj)
 
@@ -167,7 +179,7 @@ class MigrationEngine:
             if job is None or job.client_id != client_id:
                 continue
             log.warning("[dom=%s] migration client went away; cleaning up", obj.name)
-            if not job.outgoing and job.status in POSTCOPY_STARTED:
+            if not job.outgoing and job.status.postcopy_started:
                 # the guest already runs from this side's memory: keep it, reported
                 self.postcopy_failed(obj)
             elif not job.outgoing:
@@ -179,7 +191,7 @@ class MigrationEngine:
 
     def tick_for(self, obj: DomainObj, job: MigrationJob) -> Callable[[], Awaitable[None]]:
         async def tick() -> None:
-            if job.abort_requested and job.status not in qemu_ops.FINAL_STATES:
+            if job.abort_requested and not job.status.is_final:
                 await qemu_ops.cancel(self.driver.runner.monitor(obj))
         return tick
 
@@ -189,9 +201,9 @@ class MigrationEngine:
         if job is None:
             return
         if name == "MIGRATION":
-            job.on_status(str(data.get("status", "")))
-            if job.status in qemu_ops.POSTCOPY_BROKEN:
-                self.postcopy_failed(obj)
+            job.on_status(MigrationStatus.parse(data.get("status", "")))
+            if job.status.postcopy_broken:  # whoever waits on the job ends it
+                self.postcopy_failed(obj, keep_job=True)
         elif name.startswith("BLOCK_JOB_") and job.storage is not None:
             if job.storage.on_event(name, data):
                 job.status_changed.set()  # wake whoever waits on the mirrors

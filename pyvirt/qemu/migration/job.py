@@ -23,6 +23,7 @@ from typing import Any
 from pyvirt.constants import JobOperation, JobType
 from pyvirt.errors import InternalError
 from pyvirt.qemu.migration.journal import Journal, JournalEntry
+from pyvirt.qemu.migration.qemu_status import MigrationStatus
 from pyvirt.qemu.migration.storage import StorageCopy, disk_stats
 from pyvirt.safefs import CreatedFile
 
@@ -52,8 +53,8 @@ class MigrationJob:
     started: float = field(default_factory=time.monotonic)
     #: the last ``query-migrate`` answer
     info: dict[str, Any] = field(default_factory=dict)
-    #: QEMU's migration status from MIGRATION events (setup, active, completed, ...)
-    status: str = "none"
+    #: QEMU's migration status, from MIGRATION events and query-migrate
+    status: MigrationStatus = MigrationStatus.NONE
     status_changed: asyncio.Event = field(default_factory=asyncio.Event)
     #: the guest ran before the migration (so a failure resumes it)
     was_running: bool = False
@@ -106,7 +107,7 @@ class MigrationJob:
         if self.journal is not None:
             self.journal.remove(self.uuid)
 
-    def on_status(self, status: str) -> None:
+    def on_status(self, status: MigrationStatus) -> None:
         self.status = status
         self.status_changed.set()
 

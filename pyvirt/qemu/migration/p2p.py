@@ -20,7 +20,7 @@ from pyvirt.client.aio import AsyncConnection
 from pyvirt.constants import DomainState, DriverFeature, MigrateFlags, PausedReason
 from pyvirt.errors import ErrorCode, OperationFailedError, VirtError
 from pyvirt.qemu.domain_obj import DomainObj
-from pyvirt.qemu.migration import qemu_ops, src, uris
+from pyvirt.qemu.migration import src, uris
 from pyvirt.qemu.migration.cookie import CookieNBD, MigrationCookie
 from pyvirt.qemu.migration.cookie_io import make_cookie, read_cookie
 from pyvirt.qemu.migration.params import MigrationRequest
@@ -110,7 +110,7 @@ async def _run_phases(engine: MigrationEngine, obj: DomainObj, dconn: AsyncConne
     outcome, finish_error = await _finish(engine, obj, dconn, dparams, perform_cookie,
                                           dflags, failure is not None)
     if outcome is None:
-        if job is not None and job.status in ("postcopy-active", *qemu_ops.POSTCOPY_BROKEN):
+        if job is not None and job.status.postcopy_started:
             engine.postcopy_failed(obj)
         engine.end_job(obj)
         raise OperationFailedError(

@@ -13,14 +13,11 @@ from pyvirt.errors import OperationAbortedError, OperationFailedError
 from pyvirt.qemu.migration.capabilities import plan
 from pyvirt.qemu.migration.job import MigrationJob
 from pyvirt.qemu.migration.params import MigrationRequest, Side
+from pyvirt.qemu.migration.qemu_status import FINAL, MigrationStatus
 from pyvirt.qemu.monitor import Monitor
 
 log = logging.getLogger(__name__)
 
-#: QEMU migration states after which nothing more happens
-FINAL_STATES = frozenset({"completed", "failed", "cancelled"})
-#: pause-before-switchover: QEMU stopped the guest and waits for migrate-continue
-PAUSED_BEFORE_SWITCHOVER = frozenset({"pre-switchover"})
 #: how often statistics are refreshed while waiting (events wake us earlier)
 TICK_S = 0.5
 
@@ -48,12 +45,8 @@ async def refresh(monitor: Monitor, job: MigrationJob) -> dict[str, Any]:
     # (QEMU's migration thread emits it while the main loop answers): keep the event's.
     # Overwriting "completed" with a stale "active" cost a whole TICK_S (seen: +500 ms).
     if "status" in info and job.status == before:
-        job.status = str(info["status"])
+        job.status = MigrationStatus.parse(info["status"])
     return info
-
-
-#: post-copy stopped (the link broke): the guest's state is split between the hosts
-POSTCOPY_BROKEN = frozenset({"postcopy-paused", "postcopy-recover-setup", "postcopy-recover"})
 
 
 class PostcopyFailedError(OperationFailedError):
@@ -61,11 +54,11 @@ class PostcopyFailedError(OperationFailedError):
 
 
 async def wait_final(monitor: Monitor, job: MigrationJob, *, incoming: bool = False,
-                     on_tick: Any = None, until: frozenset[str] = FINAL_STATES) -> None:
+                     on_tick: Any = None, until: frozenset[MigrationStatus] = FINAL) -> None:
     """Wait until QEMU's migration reaches one of ``until`` (default: its end); raise with
     QEMU's reason unless it completed (or reached a non-final state asked for)."""
-    while job.status not in until and job.status not in FINAL_STATES:
-        if job.status in POSTCOPY_BROKEN:
+    while job.status not in until and not job.status.is_final:
+        if job.status.postcopy_broken:
             raise PostcopyFailedError(
                 f"post-copy migration failed: the guest is paused on both hosts "
                 f"(QEMU status {job.status}); recovery (--postcopy-resume) is not supported yet")
@@ -79,9 +72,10 @@ async def wait_final(monitor: Monitor, job: MigrationJob, *, incoming: bool = Fa
             await refresh(monitor, job)
     if not incoming:
         await refresh(monitor, job)
-    if job.status == "completed" or (job.status in until and job.status not in FINAL_STATES):
+    asked_for = job.status in until and not job.status.is_final  # e.g. postcopy-active
+    if job.status is MigrationStatus.COMPLETED or asked_for:
         return
-    if job.status == "cancelled" or job.abort_requested:
+    if job.status is MigrationStatus.CANCELLED or job.abort_requested:
         raise OperationAbortedError("migration out: canceled by client"
                                     if not incoming else "migration in: canceled")
     reason = job.info.get("error-desc", "unexpectedly failed")

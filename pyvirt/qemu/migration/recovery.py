@@ -15,6 +15,7 @@ from pyvirt.constants import (
 from pyvirt.qemu.domain_obj import DomainObj
 from pyvirt.qemu.migration import images, p2p, qemu_ops, storage_src
 from pyvirt.qemu.migration.journal import JournalEntry
+from pyvirt.qemu.migration.qemu_status import MigrationStatus
 
 if TYPE_CHECKING:
     from pyvirt.qemu.migration.engine import MigrationEngine
@@ -45,7 +46,7 @@ async def _recover_out(engine: MigrationEngine, obj: DomainObj, entry: JournalEn
                 obj.name, entry.phase)
     monitor = engine.driver.runner.monitor(obj)
     info = await monitor.execute("query-migrate")
-    if info.get("status") in ("setup", "active", "pre-switchover", "device"):
+    if MigrationStatus.parse(info.get("status", "none")).precopy_running:
         await qemu_ops.cancel(monitor)
     await storage_src.remove_leftovers(monitor)  # mirrors and NBD clients of a storage copy
     if entry.phase == "confirm3":
@@ -85,9 +86,8 @@ async def _recover_in(engine: MigrationEngine, obj: DomainObj, entry: JournalEnt
     if entry.phase == "prepare":
         from pyvirt.qemu.migration import dst
 
-        status = (await engine.driver.runner.monitor(obj).execute("query-migrate")).get(
-            "status", "")
-        if status in ("postcopy-active", *qemu_ops.POSTCOPY_BROKEN):
+        info = await engine.driver.runner.monitor(obj).execute("query-migrate")
+        if MigrationStatus.parse(info.get("status", "none")).postcopy_started:
             engine.postcopy_failed(obj)  # the guest already ran here: never discard it
         else:
             await dst.abandon(engine, obj)

@@ -46,6 +46,12 @@ from pyvirt.qemu.migration.cookie import CookieNBD, CookieStatistics
 from pyvirt.qemu.migration.cookie_io import make_cookie, read_cookie
 from pyvirt.qemu.migration.job import MigrationJob, Phase, job_stats
 from pyvirt.qemu.migration.params import MigrationRequest, Side
+from pyvirt.qemu.migration.qemu_status import (
+    FINAL,
+    HANDED_OVER,
+    PAUSED_BEFORE_SWITCHOVER,
+    MigrationStatus,
+)
 from pyvirt.qemu.monitor import Monitor
 from pyvirt.rpc.stream import Stream
 
@@ -55,8 +61,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _SAFE_CACHE = frozenset({"none", "directsync"})
-#: QEMU states that end a post-copy Perform (the switchover happened)
-POSTCOPY_DONE = frozenset({"postcopy-active", "completed"})
 #: after QEMU reports completion, how long the tunnel may take to deliver the last bytes
 TUNNEL_DRAIN_S = 60.0
 
@@ -210,12 +214,12 @@ async def perform_native(engine: MigrationEngine, obj: DomainObj, job: Migration
         await monitor.execute("migrate", {"uri": target})
         # with post-copy the switch to the destination is the end of Perform (as libvirt);
         # the remaining pages follow while the destination already runs the guest
-        until = POSTCOPY_DONE if request.postcopy else qemu_ops.FINAL_STATES
+        until = HANDED_OVER if request.postcopy else FINAL
         await qemu_ops.wait_final(monitor, job, on_tick=on_tick,
-                                  until=until | qemu_ops.PAUSED_BEFORE_SWITCHOVER)
-        if job.status in qemu_ops.PAUSED_BEFORE_SWITCHOVER:
+                                  until=until | PAUSED_BEFORE_SWITCHOVER)
+        if job.status.paused_before_switchover:
             await _switchover(monitor, job, on_tick, until)
-        if job.status == "postcopy-active":
+        if job.status is MigrationStatus.POSTCOPY_ACTIVE:
             obj.set_state(DomainState.PAUSED, PausedReason.POSTCOPY)
         if job.tunnel is not None:
             await asyncio.wait_for(asyncio.shield(job.tunnel), TUNNEL_DRAIN_S)
@@ -251,12 +255,13 @@ async def _copy_storage(engine: MigrationEngine, obj: DomainObj, job: MigrationJ
 
 
 async def _switchover(monitor: Monitor, job: MigrationJob,
-                      on_tick: Callable[[], Awaitable[None]], until: frozenset[str]) -> None:
+                      on_tick: Callable[[], Awaitable[None]],
+                      until: frozenset[MigrationStatus]) -> None:
     """QEMU paused before the switchover (guest stopped): complete the mirrors so the
     destination's disks are consistent, then let QEMU finish."""
     if job.storage is not None:
         await storage_src.complete(monitor, job)
-    await monitor.execute("migrate-continue", {"state": "pre-switchover"})
+    await monitor.execute("migrate-continue", {"state": MigrationStatus.PRE_SWITCHOVER.value})
     await qemu_ops.wait_final(monitor, job, on_tick=on_tick, until=until)
 
 
@@ -275,9 +280,8 @@ async def restore_source(engine: MigrationEngine, obj: DomainObj, job: Migration
     here would lose writes; the guest stays paused (post-copy failed), never silently lost.
     """
     obj.pending_pause_reason = None
-    if job.postcopy_started or job.status in ("postcopy-active", *qemu_ops.POSTCOPY_BROKEN):
-        obj.set_state(DomainState.PAUSED, PausedReason.POSTCOPY_FAILED)
-        engine.driver.runner.save_status(obj)
+    if job.postcopy_started or job.status.postcopy_started:
+        engine.postcopy_failed(obj)
         return
     if not obj.active or not job.was_running or obj.state == DomainState.RUNNING:
         return  # never paused: nothing to restore, the reason stays (as libvirt)
