@@ -282,14 +282,23 @@ class MigrationCookie:
         )
 
 
-def check_peer(cookie: MigrationCookie, *, expected_name: str, expected_uuid: str,
-               local_host_uuid: str) -> None:
-    """The checks libvirt makes on an incoming cookie (qemuMigrationCookieXMLParse)."""
-    if cookie.name != expected_name:
+def check_peer(cookie: MigrationCookie, *, expected_name: str | None,
+               expected_uuid: str | None, local_host_uuid: str,
+               renamed_to: str | None = None) -> None:
+    """The checks libvirt makes on an incoming cookie (qemuMigrationCookieXMLParse).
+
+    ``expected_name``/``expected_uuid``: the domain the caller works on; None where the
+    caller cannot know it (then there is nothing to compare, and nothing is pretended).
+    ``renamed_to``: a name accepted besides ``expected_name`` (the source reading a pyvirt
+    destination's Prepare cookie, which names the domain by its destination_name where
+    libvirt's keeps the source's name).
+    """
+    if expected_name is not None and cookie.name not in (expected_name, renamed_to):
         raise CookieError(
             f"Incoming cookie data had unexpected name {quote(cookie.name)} vs "
             f"{quote(expected_name)}")
-    if _canonical_uuid(cookie.uuid) != _canonical_uuid(expected_uuid):
+    if expected_uuid is not None \
+            and _canonical_uuid(cookie.uuid) != _canonical_uuid(expected_uuid):
         raise CookieError(
             f"Incoming cookie data had unexpected UUID {quote(cookie.uuid)} vs "
             f"{quote(expected_uuid)}")

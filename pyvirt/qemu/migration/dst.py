@@ -32,7 +32,7 @@ from pyvirt.errors import InvalidArgError, OperationFailedError, OperationInvali
 from pyvirt.qemu.domain_obj import DomainObj
 from pyvirt.qemu.migration import qemu_ops, storage_dst, tunnel, uris
 from pyvirt.qemu.migration.cookie import CookieNBD, MigrationCookie
-from pyvirt.qemu.migration.cookie_io import make_cookie, read_cookie
+from pyvirt.qemu.migration.cookie_io import make_cookie, read_cookie, read_perform_cookie
 from pyvirt.qemu.migration.job import MigrationJob, Phase
 from pyvirt.qemu.migration.params import MigrationRequest, Side
 from pyvirt.qemu.migration.qemu_status import FINAL, HANDED_OVER, MigrationStatus
@@ -140,7 +140,7 @@ async def _start_tunnelled(engine: MigrationEngine, obj: DomainObj, job: Migrati
 async def finish(engine: MigrationEngine, request: MigrationRequest, cookie_in: bytes,
                  cancelled: bool) -> tuple[DomainObj | None, bytes]:
     driver = engine.driver
-    cookie = await read_cookie(driver, cookie_in)
+    cookie = await read_perform_cookie(driver, cookie_in, request.destination_name)
     name = request.destination_name or (cookie.name if cookie else None)
     if not name:
         raise InvalidArgError("missing destination name")

@@ -22,7 +22,7 @@ from pyvirt.errors import ErrorCode, OperationFailedError, VirtError
 from pyvirt.qemu.domain_obj import DomainObj
 from pyvirt.qemu.migration import src, uris
 from pyvirt.qemu.migration.cookie import CookieNBD, MigrationCookie
-from pyvirt.qemu.migration.cookie_io import make_cookie, read_cookie
+from pyvirt.qemu.migration.cookie_io import make_cookie, read_prepare_cookie
 from pyvirt.qemu.migration.params import MigrationRequest
 from pyvirt.rpc.remote_types import TypedParam
 from pyvirt.rpc.stream import Stream
@@ -97,7 +97,8 @@ async def _run_phases(engine: MigrationEngine, obj: DomainObj, dconn: AsyncConne
             _, stream = await dconn.migrate_prepare_tunnel3_params(dparams, cookie, dflags)
         else:
             prepared, uri_out = await dconn.migrate_prepare3_params(dparams, cookie, dflags)
-            peer = await read_cookie(engine.driver, prepared) if request.storage_copy else None
+            peer = (await read_prepare_cookie(engine.driver, prepared, obj, request)
+                    if request.storage_copy else None)
     except BaseException:
         await src.confirm(engine, obj, request, cancelled=True)
         raise

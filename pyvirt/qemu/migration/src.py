@@ -43,7 +43,7 @@ from pyvirt.qemu.domain_obj import DomainObj
 from pyvirt.qemu.migration import graphics, qemu_ops, storage_src, tunnel, uris
 from pyvirt.qemu.migration.abi import check_abi_stable
 from pyvirt.qemu.migration.cookie import CookieNBD, CookieStatistics
-from pyvirt.qemu.migration.cookie_io import make_cookie, read_cookie
+from pyvirt.qemu.migration.cookie_io import make_cookie, read_prepare_cookie
 from pyvirt.qemu.migration.job import MigrationJob, Phase, job_stats
 from pyvirt.qemu.migration.params import MigrationRequest, Side
 from pyvirt.qemu.migration.qemu_status import (
@@ -137,7 +137,8 @@ async def perform(engine: MigrationEngine, obj: DomainObj, request: MigrationReq
         engine.end_job(obj)
         raise InvalidArgError("migrate_uri is required")
     try:
-        peer = await read_cookie(engine.driver, cookie_in) if request.storage_copy else None
+        peer = (await read_prepare_cookie(engine.driver, cookie_in, obj, request)
+                if request.storage_copy else None)
         await perform_native(engine, obj, job, request.migrate_uri, request,
                              peer_nbd=peer.nbd if peer is not None else None)
     except BaseException:
