@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pyvirt.constants import JobStatsFlags, MigrateFlags, MigrateMaxSpeedFlags
+from pyvirt.constants import JobStatsFlags, MigrateMaxSpeedFlags
 from pyvirt.daemon.context import Call, Handler, check_flags, handle_of
 from pyvirt.errors import ErrorCode, InvalidArgError, OperationInvalidError, VirtError
 from pyvirt.qemu.migration.params import MigrationRequest, Side, parse_request
@@ -12,9 +12,9 @@ from pyvirt.rpc.remote_protocol import RemoteProc as RP
 from pyvirt.rpc.remote_types import TypedParam, TypedParamType
 
 
-def request_of(args: Any, side: Side, api: str, direct: bool = False) -> MigrationRequest:
+def request_of(args: Any, side: Side, api: str) -> MigrationRequest:
     """Flags and typed parameters, checked once at the edge (libvirt's rules)."""
-    return parse_request(args["flags"], args["params"], side=side, direct=direct, api=api)
+    return parse_request(args["flags"], args["params"], side=side, api=api)
 
 
 async def begin3(call: Call, args: Any) -> Any:
@@ -47,13 +47,8 @@ async def prepare_tunnel3(call: Call, args: Any) -> Any:
 async def perform3(call: Call, args: Any) -> Any:
     call.require_open()
     obj = call.domain(args["dom"])
-    flags = args["flags"]
-    # pyvirt's --direct: Perform without peer2peer and without a preceding Begin
-    direct = not flags & MigrateFlags.PEER2PEER and obj.migration is None \
-        and not flags & MigrateFlags.OFFLINE
-    request = request_of(args, Side.SOURCE, "qemuDomainMigratePerform3Params", direct)
-    cookie = await call.driver.migration.perform(obj, args["dconnuri"], request,
-                                                 bytes(args["cookie_in"]))
+    cookie = await call.driver.migration.perform(obj, args["dconnuri"], args["flags"],
+                                                 args["params"], bytes(args["cookie_in"]))
     return {"cookie_out": cookie}
 
 

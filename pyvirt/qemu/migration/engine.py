@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from pyvirt.conf.domain import DomainDef
@@ -30,9 +30,10 @@ from pyvirt.qemu.migration import dst, p2p, qemu_ops, src, storage_dst
 from pyvirt.qemu.migration.cookie import CookieStatistics
 from pyvirt.qemu.migration.job import MigrationJob, Phase, job_info, job_stats
 from pyvirt.qemu.migration.journal import Journal
-from pyvirt.qemu.migration.params import MigrationRequest
+from pyvirt.qemu.migration.params import MigrationRequest, Side, parse_request
 from pyvirt.qemu.migration.qemu_status import MigrationStatus
 from pyvirt.qemu.resources import PortAllocator
+from pyvirt.rpc.remote_types import TypedParam
 from pyvirt.rpc.stream import Stream
 
 if TYPE_CHECKING:
@@ -72,8 +73,14 @@ class MigrationEngine:
                       cookie: bytes, stream: Stream | None = None) -> tuple[bytes, str | None]:
         return await dst.prepare(self, client_id, request, cookie, stream)
 
-    async def perform(self, obj: DomainObj, dconnuri: str | None, request: MigrationRequest,
-                      cookie: bytes) -> bytes:
+    async def perform(self, obj: DomainObj, dconnuri: str | None, flags: int,
+                      params: Sequence[TypedParam], cookie: bytes) -> bytes:
+        """Perform3 on the source: peer-to-peer, normal (after Begin), or pyvirt's direct
+        mode (``--direct``: no PEER2PEER and no Begin before it, so no job yet)."""
+        direct = not flags & MigrateFlags.PEER2PEER and obj.migration is None \
+            and not flags & MigrateFlags.OFFLINE
+        request = parse_request(flags, params, side=Side.SOURCE, direct=direct,
+                                api="qemuDomainMigratePerform3Params")
         if request.peer2peer:
             if not dconnuri:
                 raise OperationInvalidError("peer-to-peer migration needs a destination URI")
