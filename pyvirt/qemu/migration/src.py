@@ -83,13 +83,19 @@ async def begin(engine: MigrationEngine, obj: DomainObj,
     if not offline and not request.has(MigrateFlags.UNSAFE):
         check_safe_storage(engine, obj, {d.target_dev for d in copied})
     xml = destination_xml(engine, obj, request)
-    nbd: CookieNBD | None = None
-    if copied:
-        nbd = await storage_src.begin_nbd(engine.driver.runner.monitor(obj), obj.current,
-                                          copied, request)
-    if not offline:
+    job: MigrationJob | None = None
+    if not offline:  # claimed before the first await: a concurrent Begin sees it
         job = engine.new_job(obj, JobOperation.MIGRATION_OUT, request, Phase.BEGIN3)
         job.was_running = obj.state == DomainState.RUNNING
+    nbd: CookieNBD | None = None
+    if copied:
+        try:
+            nbd = await storage_src.begin_nbd(engine.driver.runner.monitor(obj), obj.current,
+                                              copied, request)
+        except BaseException:
+            if job is not None and obj.migration is job:
+                engine.end_job(obj)
+            raise
     return make_cookie(engine.driver, obj.name, obj.uuid, nbd=nbd), xml
 
 
