@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pyvirt.constants import JobStatsFlags, MigrateMaxSpeedFlags
+from pyvirt.constants import AbortJobFlags, JobStatsFlags, MigrateMaxSpeedFlags
 from pyvirt.daemon.context import Call, Handler, check_flags, handle_of
 from pyvirt.errors import ErrorCode, InvalidArgError, OperationInvalidError, VirtError
 from pyvirt.qemu.migration.params import MigrationRequest, Side, parse_request
@@ -111,6 +111,20 @@ async def abort_job(call: Call, args: Any) -> Any:
     return None
 
 
+async def abort_job_flags(call: Call, args: Any) -> Any:
+    """virDomainAbortJobFlags: 0 aborts as DOMAIN_ABORT_JOB does; POSTCOPY interrupts an
+    outgoing post-copy migration instead (it cannot be aborted: see pause_postcopy)."""
+    call.require_open()
+    flags = args["flags"]
+    check_flags(flags, AbortJobFlags.POSTCOPY, "qemuDomainAbortJobFlags")
+    obj = call.domain(args["dom"])
+    if flags & AbortJobFlags.POSTCOPY:
+        await call.driver.migration.pause_postcopy(obj)
+    else:
+        await call.driver.migration.abort(obj)
+    return None
+
+
 async def set_max_downtime(call: Call, args: Any) -> Any:
     call.require_open()
     check_flags(args["flags"], 0, "virDomainMigrateSetMaxDowntime")
@@ -173,6 +187,7 @@ HANDLERS: dict[int, Handler] = {
     RP.DOMAIN_GET_JOB_INFO: job_info,
     RP.DOMAIN_GET_JOB_STATS: job_stats,
     RP.DOMAIN_ABORT_JOB: abort_job,
+    RP.DOMAIN_ABORT_JOB_FLAGS: abort_job_flags,
     RP.DOMAIN_MIGRATE_SET_MAX_DOWNTIME: set_max_downtime,
     RP.DOMAIN_MIGRATE_GET_MAX_DOWNTIME: get_max_downtime,
     RP.DOMAIN_MIGRATE_SET_MAX_SPEED: set_max_speed,

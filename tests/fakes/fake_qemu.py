@@ -55,7 +55,7 @@ Migration faults:
 - ``migrate_fail_after_s``: the source reports ``failed`` (with ``error-desc``) then
 - ``incoming_die_after_bytes``: the destination SIGKILLs itself after so many RAM bytes
 - ``postcopy_break_after_s``: the source breaks the link this long after the post-copy
-  switchover (both ends go ``postcopy-paused``)
+  switchover (both ends go ``postcopy-paused``); ``migrate-pause`` does the same at once
 
 Every command but queries is appended to the JSON-lines journal ``FAKE_QEMU_JOURNAL``
 (``{"t", "pid", "name", "uuid", "incoming", "cmd", "args"}``), so tests can assert exactly
@@ -308,6 +308,8 @@ class Migration:
         self.continued = asyncio.Event()
         #: migrate-start-postcopy was asked; when the switch to post-copy happened
         self.postcopy_requested = False
+        #: migrate-pause was asked (post-copy): the link is cut at the next chunk
+        self.pause_requested = False
         self.postcopy_since = 0.0
 
     def set_status(self, status: str, error: str = "") -> None:
@@ -398,6 +400,14 @@ class Migration:
         self.postcopy_requested = True
         return {}
 
+    def cmd_migrate_pause(self, args: dict[str, Any]) -> Any:
+        """Interrupt a post-copy migration: the link is cut, both ends go postcopy-paused."""
+        if self.status != "postcopy-active":
+            raise CommandError("migrate-pause is currently only supported during "
+                               "postcopy-active or postcopy-recover state")
+        self.pause_requested = True
+        return {}
+
     def cmd_migrate_continue(self, args: dict[str, Any]) -> Any:
         if self.status != args.get("state"):
             raise CommandError(f"Migration not in expected state: {self.status}")
@@ -415,7 +425,7 @@ class Migration:
         target = self.vm.take_fd(uri) if uri.startswith("fd:") else parse_tcp(uri)
         self.sent = self.passes = 0
         self.error, self.ended, self.stopped_at = "", 0.0, 0.0
-        self.postcopy_requested = False
+        self.postcopy_requested = self.pause_requested = False
         self.started = time.monotonic()
         self.was_running, self.outgoing = self.vm.status == "running", True
         self.set_status("setup")
@@ -480,6 +490,8 @@ class Migration:
             if self.status == "postcopy-active" and break_after is not None \
                     and time.monotonic() - self.postcopy_since >= float(break_after):
                 raise StreamError("fake qemu: injected post-copy link failure")
+            if self.status == "postcopy-active" and self.pause_requested:
+                raise StreamError("fake qemu: post-copy paused by migrate-pause")
             rate = max(float(self.vm.params["max-bandwidth"]), 1.0)
             step = min(CHUNK, total - self.sent)  # this chunk is due once sent at the rate
             due = max((self.sent + step) / rate, duration * (self.sent + step) / total)

@@ -265,6 +265,18 @@ class MigrationEngine:
         job.abort_requested = True
         await qemu_ops.cancel(self.driver.runner.monitor(obj))
 
+    async def pause_postcopy(self, obj: DomainObj) -> None:
+        """``domjobabort --postcopy`` (VIR_DOMAIN_ABORT_JOB_POSTCOPY): interrupt an outgoing
+        migration in post-copy (QMP ``migrate-pause``). Neither host has the whole guest
+        then: both halves stay, paused (post-copy failed), as after a broken link."""
+        obj.require_active()
+        job = obj.migration
+        in_postcopy = obj.state == DomainState.PAUSED and obj.reason == PausedReason.POSTCOPY
+        if job is None or not job.outgoing or not in_postcopy:
+            raise OperationInvalidError("current job is not outgoing migration in post-copy "
+                                        "mode")
+        await self.driver.runner.monitor(obj).execute("migrate-pause")
+
     async def start_postcopy(self, obj: DomainObj) -> None:
         """Switch a running pre-copy migration to post-copy (virsh migrate-postcopy)."""
         obj.require_active()
