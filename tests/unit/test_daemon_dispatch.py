@@ -1,10 +1,11 @@
 """Every procedure pyvirtd describes is served, or deliberately not (STYLE habit 2).
 
-The procedure tables (pyvirt.rpc.remote_protocol, pyvirt.rpc.qemu_protocol) decode what a
-client sends; the daemon's handler tables (pyvirt.daemon.*_procs, gathered by
-RemoteDispatcher) serve it. A CALL described but not served answers "unknown procedure"
-(DOMAIN_ABORT_JOB_FLAGS once did, for ``virsh domjobabort --postcopy``): each such procedure
-must be listed below with the reason, so adding a procedure forces a decision.
+The procedure tables (pyvirt.rpc.remote_protocol, qemu_protocol, admin_protocol) decode what
+a client sends; the daemon's handler tables (pyvirt.daemon.*_procs, gathered by
+RemoteDispatcher; AdminDispatcher's for the admin socket) serve it. A CALL described but not
+served answers "unknown procedure" (DOMAIN_ABORT_JOB_FLAGS once did, for ``virsh domjobabort
+--postcopy``): each such procedure must be listed below with the reason, so adding a
+procedure forces a decision.
 """
 
 from __future__ import annotations
@@ -14,9 +15,12 @@ from typing import Any
 import pytest
 
 from pyvirt.constants import ConnectFlags, CreateFlags
+from pyvirt.daemon.admin import AdminDispatcher
 from pyvirt.daemon.context import check_flags
 from pyvirt.daemon.server import RemoteDispatcher
 from pyvirt.errors import InvalidArgError
+from pyvirt.rpc.admin_protocol import ADMIN
+from pyvirt.rpc.admin_protocol import AdminProc as AP
 from pyvirt.rpc.protocol import Program
 from pyvirt.rpc.qemu_protocol import QEMU
 from pyvirt.rpc.remote_protocol import REMOTE
@@ -34,6 +38,18 @@ NOT_SERVED: dict[int, str] = {
                     "client calls it on a libvirtd that does",
     RP.CONNECT_SET_IDENTITY: "for libvirt's split daemons (virtproxyd tells virtqemud whose "
                              "call it forwards); pyvirtd is one daemon that sees its clients",
+}
+
+_LOGGING = ("pyvirtd's log outputs and filters come from pyvirtd.conf (log_outputs, "
+            "log_filters) at start; changing them at run time is not implemented yet")
+#: the same for the admin socket's program
+ADMIN_NOT_SERVED: dict[int, str] = {
+    AP.CONNECT_GET_LOGGING_OUTPUTS: _LOGGING,
+    AP.CONNECT_GET_LOGGING_FILTERS: _LOGGING,
+    AP.CONNECT_SET_LOGGING_OUTPUTS: _LOGGING,
+    AP.CONNECT_SET_LOGGING_FILTERS: _LOGGING,
+    AP.SERVER_UPDATE_TLS_FILES: "pyvirtd has no TLS listener yet (listen_tls: not yet)",
+    AP.CONNECT_SET_DAEMON_TIMEOUT: "pyvirtd has no idle exit (libvirtd's --timeout) to set",
 }
 
 
@@ -63,6 +79,14 @@ def test_handlers_serve_only_described_procedures() -> None:
     dispatcher = _dispatcher()
     assert set(dispatcher.handlers) <= _calls(REMOTE)
     assert set(dispatcher.qemu_handlers) == _calls(QEMU)
+
+
+def test_every_admin_call_has_a_handler_or_a_reason() -> None:
+    served = set(AdminDispatcher({})._handlers)
+    missing = {AP(n).name for n in _calls(ADMIN) - served - set(ADMIN_NOT_SERVED)}
+    assert not missing, f"admin procedures without a handler: {missing}"
+    assert not set(ADMIN_NOT_SERVED) & served, "listed as not served, yet served"
+    assert served | set(ADMIN_NOT_SERVED) == _calls(ADMIN)
 
 
 def test_abort_job_flags_is_served() -> None:
