@@ -35,6 +35,9 @@ def make_settings(root: Path, emulator: str = "/usr/bin/qemu-system-x86_64",
 
 
 REAL_QEMU = "/usr/bin/qemu-system-x86_64"
+#: a Python that QEMU's user can run: the system's, isolated (the checkout's venv may sit
+#: in a directory only root can enter, as CI's does)
+UNPRIVILEGED_PYTHON = ("/usr/bin/python3", "-I")
 
 
 def fake_runs_as_root(emulator: str) -> dict[str, str]:

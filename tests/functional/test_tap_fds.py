@@ -26,6 +26,7 @@ from pathlib import Path
 import pytest
 
 from pyvirt.qemu.identity import DEFAULT_QEMU_USER
+from tests.conftest import UNPRIVILEGED_PYTHON
 from tests.functional.daemon_util import REAL_QEMU, DaemonHandle, run, running_daemon
 
 BRIDGE = "pvt-br0"
@@ -149,7 +150,7 @@ def tap_flags_of(pid: int, fd: int) -> tuple[str, int]:
 def qemu_user_may_open_tun() -> bool:
     """Whether QEMU's user could open /dev/net/tun itself (it must not need to)."""
     probe = subprocess.run(
-        [sys.executable, "-c", "open('/dev/net/tun', 'rb')"], user=DEFAULT_QEMU_USER,
+        [*UNPRIVILEGED_PYTHON, "-c", "open('/dev/net/tun', 'rb')"], user=DEFAULT_QEMU_USER,
         group=DEFAULT_QEMU_USER, extra_groups=[], capture_output=True, timeout=30)
     return probe.returncode == 0
 

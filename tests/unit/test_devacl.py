@@ -17,7 +17,6 @@ import os
 import pwd
 import stat
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -37,6 +36,7 @@ from pyvirt.qemu.devacl import (
     AclEntry,
 )
 from pyvirt.qemu.identity import DEFAULT_QEMU_GROUP, DEFAULT_QEMU_USER, QemuIdentity
+from tests.conftest import UNPRIVILEGED_PYTHON
 
 NOBODY = ACL_UNDEFINED_ID
 UID = 4242
@@ -160,7 +160,7 @@ def test_grant_lets_that_user_open_the_file(scratch: Path) -> None:
 
 
 def _opens_as_qemu_user(path: Path) -> bool:
-    probe = subprocess.run([sys.executable, "-c", f"open({str(path)!r}, 'r+b')"],
+    probe = subprocess.run([*UNPRIVILEGED_PYTHON, "-c", f"open({str(path)!r}, 'r+b')"],
                            user=DEFAULT_QEMU_USER, group=DEFAULT_QEMU_GROUP, extra_groups=[],
                            capture_output=True, timeout=30)
     return probe.returncode == 0
@@ -243,6 +243,6 @@ def test_the_host_userfaultfd_granted_to_qemu_user() -> None:
 
 
 def _userfaultfd_as_qemu_user(node: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-c", UFFD_PROBE, str(node)], user=DEFAULT_QEMU_USER,
-                          group=DEFAULT_QEMU_GROUP, extra_groups=[], capture_output=True,
-                          text=True, timeout=30)
+    return subprocess.run([*UNPRIVILEGED_PYTHON, "-c", UFFD_PROBE, str(node)],
+                          user=DEFAULT_QEMU_USER, group=DEFAULT_QEMU_GROUP, extra_groups=[],
+                          capture_output=True, text=True, timeout=30)
