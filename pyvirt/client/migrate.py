@@ -49,6 +49,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from pyvirt.client.error import libvirtError
+from pyvirt.client.migrate_v3 import PerformNotStarted, run_v3
 from pyvirt.client.params import ParamsIn, to_typed_params
 from pyvirt.constants import DomainState, DriverFeature, MigrateFlags
 from pyvirt.errors import ErrorCode, ErrorDomain
@@ -175,7 +176,11 @@ async def _check_protection(src: AsyncConnection, flags: int) -> int:
 
 
 class Version3Full:
-    """virDomainMigrateVersion3Full with extensible parameters: the five phases."""
+    """virDomainMigrateVersion3Full with extensible parameters: both ends of the phase
+    driver (:func:`pyvirt.client.migrate_v3.run_v3`), the client calling each daemon."""
+
+    #: Confirm after a failed Perform: no, the source already knows (libvirt's client)
+    confirms_failed_perform = False
 
     def __init__(self, dom: AsyncDomain, dconn: AsyncConnection,
                  params: Sequence[TypedParam], flags: int) -> None:  # fmt: skip
@@ -184,11 +189,6 @@ class Version3Full:
         self.params = list(params)
         self.flags = flags
         self.protection = 0
-        self.cookie = b""
-        #: the error to report (libvirt's orig_err): the first failure that matters
-        self.error: libvirtError | None = None
-        #: False once Perform failed: the source cancelled by itself, no Confirm
-        self.notify_source = True
 
     @property
     def src_flags(self) -> int:
@@ -198,28 +198,26 @@ class Version3Full:
     def dst_flags(self) -> int:
         return self.flags & ~SOURCE_ONLY_FLAGS
 
+    @property
+    def confirms_failed_prepare(self) -> bool:
+        """With change protection, Begin started a job on the source: Confirm cancels it."""
+        return bool(self.protection)
+
     async def run(self) -> AsyncDomain:
         if await _supports(self.dom.connect(), DriverFeature.MIGRATE_CHANGE_PROTECTION):
             self.protection = F.CHANGE_PROTECTION
-        self.cookie, xml = await self.dom.migrate_begin3_params(self.params, self.src_flags)
+        result = await run_v3(self, self)
+        if result.domain is None:
+            raise result.error or _internal("migration failed")
+        return result.domain
+
+    # -- the source's phases -----------------------------------------------------------------
+    async def begin(self) -> tuple[bytes, str]:
+        cookie, xml = await self.dom.migrate_begin3_params(self.params, self.src_flags)
         if await self._source_paused():
             self.flags |= F.PAUSED
         self.params = replace_string(self.params, "destination_xml", xml)
-        try:
-            self.cookie, uri_out = await self.dconn.migrate_prepare3_params(
-                self.params, self.cookie, self.dst_flags)
-        except libvirtError as exc:
-            if not self.protection:
-                raise
-            # Begin started a job on the source: Confirm cancels it
-            self.error, self.cookie = exc, b""
-            await self._confirm(cancelled=True)
-            raise exc from None
-        ddom = await self._perform_finish(uri_out)
-        await self._confirm(cancelled=ddom is None)
-        if ddom is None:
-            raise self.error or _internal("migration failed")
-        return ddom
+        return cookie, xml
 
     async def _source_paused(self) -> bool:
         try:
@@ -229,60 +227,41 @@ class Version3Full:
             return False
         return state == DomainState.PAUSED
 
-    async def _perform_finish(self, uri_out: str | None) -> AsyncDomain | None:
-        """Perform (unless offline or without a URI), then Finish; Finish's domain or None."""
+    async def perform(self, uri_out: str | None, cookie: bytes) -> bytes:
+        """Perform towards ``uri_out`` (or the caller's migrate_uri); nothing offline."""
         if uri_out:
             self.params = replace_string(self.params, "migrate_uri", uri_out)
         elif get_string(self.params, "migrate_uri") is None:
-            self.error = _internal("domainMigratePrepare3 did not set uri")
-            return await self._finish(cancelled=True)  # with Prepare's cookie
+            raise PerformNotStarted(_internal("domainMigratePrepare3 did not set uri"))
         if self.flags & F.OFFLINE:
-            self.cookie = b""
-            return await self._finish(cancelled=False)
-        try:
-            self.cookie = await self.dom.migrate_perform3_params(None, self.params, self.cookie,
-                                                                 self.src_flags)  # fmt: skip
-        except libvirtError as exc:
-            # the source already knows it failed: no Confirm
-            self.error, self.cookie, self.notify_source = exc, b"", False
-            return await self._finish(cancelled=True)
-        return await self._finish(cancelled=False)
+            return b""
+        return await self.dom.migrate_perform3_params(None, self.params, cookie,
+                                                      self.src_flags)  # fmt: skip
 
-    async def _finish(self, cancelled: bool) -> AsyncDomain | None:
-        if get_string(self.params, "destination_name") is None:
-            self.params = replace_string(self.params, "destination_name", self.dom.name())
-        ddom: AsyncDomain | None = None
-        finish_error: libvirtError | None = None
-        try:
-            ddom, self.cookie = await self.dconn.migrate_finish3_params(
-                self.params, self.cookie, self.dst_flags, cancelled)
-        except libvirtError as exc:
-            finish_error, self.cookie = exc, b""
-        if cancelled and ddom is not None:
-            log.error("finish step ignored that migration was cancelled")
-        elif cancelled and _finish_error_is_better(self.error, finish_error):
-            self.error = None  # the domain died on the destination: Finish says why
-        if self.error is None:
-            self.error = finish_error
-        return ddom
+    def cookie_after_failed_perform(self) -> bytes:
+        return b""
 
-    async def _confirm(self, cancelled: bool) -> None:
-        if not self.notify_source:
-            return
+    async def confirm(self, cookie: bytes, cancelled: bool) -> None:
         try:
-            await self.dom.migrate_confirm3_params(self.params, self.cookie, self.src_flags,
+            await self.dom.migrate_confirm3_params(self.params, cookie, self.src_flags,
                                                    cancelled)  # fmt: skip
         except libvirtError as exc:
             log.warning("Guest %s probably left in 'paused' state on source", self.dom.name())
             log.debug("Confirm failed: %s", exc)
 
+    # -- the destination's phases ------------------------------------------------------------
+    async def prepare(self, cookie: bytes, xml: str) -> tuple[bytes, str | None]:
+        return await self.dconn.migrate_prepare3_params(self.params, cookie, self.dst_flags)
 
-def _finish_error_is_better(perform: libvirtError | None, finish: libvirtError | None) -> bool:
-    """libvirt's rule for replacing Perform's generic failure with Finish's error."""
-    return (perform is not None and finish is not None
-            and perform.domain == ErrorDomain.QEMU and perform.code == ErrorCode.OPERATION_FAILED
-            and finish.domain == ErrorDomain.QEMU
-            and finish.code != ErrorCode.MIGRATE_FINISH_OK)  # fmt: skip
+    async def finish(self, cookie: bytes, cancelled: bool) -> tuple[AsyncDomain | None, bytes]:
+        if get_string(self.params, "destination_name") is None:
+            self.params = replace_string(self.params, "destination_name", self.dom.name())
+        return await self.dconn.migrate_finish3_params(self.params, cookie, self.dst_flags,
+                                                       cancelled)  # fmt: skip
+
+    async def outcome_unanswered(self, error: BaseException) -> bool | None:
+        """libvirt's client takes a failed Finish as "the destination has no guest"."""
+        return False
 
 
 # -- virDomainMigrateToURI3 ------------------------------------------------------------------

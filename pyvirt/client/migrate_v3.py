@@ -70,10 +70,15 @@ class PerformNotStarted(Exception):
 class SourceEnd(Protocol):
     """The source daemon's phases, as the driver calls them."""
 
-    #: Confirm(cancelled) after a failed Prepare (the source began a job that must end)
-    confirms_failed_prepare: bool
-    #: Confirm(cancelled) after a failed Perform (False: the source undid its side itself)
-    confirms_failed_perform: bool
+    @property
+    def confirms_failed_prepare(self) -> bool:
+        """Confirm(cancelled) after a failed Prepare (the source began a job that must end)."""
+        ...
+
+    @property
+    def confirms_failed_perform(self) -> bool:
+        """Confirm(cancelled) after a failed Perform (False: the source undid its side)."""
+        ...
 
     async def begin(self) -> tuple[bytes, str]:
         """Begin: (cookie, destination XML)."""
