@@ -259,4 +259,4 @@ async def test_p2p_connect_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
         silent.listen(1)
         uri = f"qemu+tcp://127.0.0.1:{silent.getsockname()[1]}/system"
         with pytest.raises(VirtError, match=r"no answer within 0\.3 s"):
-            await p2p._connect(engine, uri)  # type: ignore[arg-type]
+            await p2p.connect(engine, uri)  # type: ignore[arg-type]

@@ -8,13 +8,13 @@ tests/functional/test_migration_postcopy.py.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
 from pyvirt.constants import (
     DomainState,
     EventSuspendedDetail,
-    JobOperation,
     LifecycleEvent,
     PausedReason,
     ShutoffReason,
@@ -23,7 +23,8 @@ from pyvirt.errors import OperationFailedError
 from pyvirt.qemu.domain_obj import DomainObj
 from pyvirt.qemu.driver import QemuDriver
 from pyvirt.qemu.events import DomainEvent
-from pyvirt.qemu.migration.job import MigrationJob, Phase
+from pyvirt.qemu.migration.job import IncomingJob, MigrationJob, OutgoingJob
+from pyvirt.qemu.migration.phases import SourcePhase
 from pyvirt.qemu.migration.qemu_status import MigrationStatus
 from pyvirt.qemu.resources import PortAllocator
 from pyvirt.qemu.status import parse_status
@@ -31,6 +32,7 @@ from tests.conftest import DriverFactory
 from tests.unit.test_driver_fake import control, domain_xml, eventually, fake_driver, record
 
 LOOPBACK = "127.0.0.1"
+J = TypeVar("J", bound=MigrationJob)
 FAILED = (LifecycleEvent.SUSPENDED, EventSuspendedDetail.POSTCOPY_FAILED)
 
 
@@ -39,13 +41,21 @@ async def running_guest(drivers: DriverFactory, short_tmp: Path) -> tuple[QemuDr
     return driver, await driver.create_xml(domain_xml())
 
 
-def give_job(driver: QemuDriver, obj: DomainObj, operation: JobOperation) -> MigrationJob:
-    """A job as Prepare (MIGRATION_IN: with a migration and an NBD port) or Begin leaves it."""
-    engine = driver.migration
-    job = MigrationJob(operation, 0, Phase.PREPARE if operation == JobOperation.MIGRATION_IN
-                       else Phase.PERFORM3_DONE, name=obj.name, uuid=obj.uuid)
-    if operation == JobOperation.MIGRATION_IN:
-        job.port, job.nbd_port = engine.ports.allocate(LOOPBACK), engine.ports.allocate(LOOPBACK)
+def give_incoming(driver: QemuDriver, obj: DomainObj) -> IncomingJob:
+    """A job as Prepare leaves it (with a migration and an NBD port), in post-copy."""
+    ports = driver.migration.ports
+    job = IncomingJob(name=obj.name, uuid=obj.uuid, port=ports.allocate(LOOPBACK),
+                      nbd_port=ports.allocate(LOOPBACK))
+    return _hand(obj, job)
+
+
+def give_outgoing(obj: DomainObj) -> OutgoingJob:
+    """A job as a post-copy Perform leaves it."""
+    return _hand(obj, OutgoingJob(name=obj.name, uuid=obj.uuid,
+                                  source_phase=SourcePhase.PERFORM3_DONE))
+
+
+def _hand(obj: DomainObj, job: J) -> J:
     job.status = MigrationStatus.POSTCOPY_ACTIVE
     obj.migration = job
     return job
@@ -72,7 +82,7 @@ async def test_a_broken_link_marks_the_guest_once_and_finish_ends_the_job(
     # up, the job ends and both ports are free, with no second event; the QEMU stays.
     driver, obj = await running_guest(drivers, short_tmp)
     events = record(driver)
-    job = give_job(driver, obj, JobOperation.MIGRATION_IN)
+    job = give_incoming(driver, obj)
     await control(driver, obj.uuid, {"emit": "MIGRATION", "data": {"status": "postcopy-paused"}})
     await eventually(lambda: job.status is MigrationStatus.POSTCOPY_PAUSED)
     assert (obj.state, obj.reason) == (DomainState.PAUSED, PausedReason.POSTCOPY_FAILED)
@@ -94,7 +104,7 @@ async def test_an_outgoing_job_is_left_to_its_phase(drivers: DriverFactory,
     # On the source the guest is paused and announced, but Confirm (or p2p) ends the job.
     driver, obj = await running_guest(drivers, short_tmp)
     events = record(driver)
-    job = give_job(driver, obj, JobOperation.MIGRATION_OUT)
+    job = give_outgoing(obj)
     driver.migration.postcopy_failed(obj)
     driver.migration.postcopy_failed(obj)
     assert obj.migration is job
@@ -106,7 +116,7 @@ async def test_a_guest_that_is_gone_is_not_marked_paused(drivers: DriverFactory,
                                                          short_tmp: Path) -> None:
     # The incoming QEMU died (its job ended with it): a late caller changes nothing.
     driver, obj = await running_guest(drivers, short_tmp)
-    job = give_job(driver, obj, JobOperation.MIGRATION_IN)
+    job = give_incoming(driver, obj)
     await driver.destroy(obj)
     events = record(driver)
     driver.migration.postcopy_failed(obj)
@@ -122,7 +132,7 @@ async def test_client_gone_in_post_copy_keeps_the_guest_and_frees_the_ports(
     # the guest stays here, paused (post-copy failed), and the job with its ports ends;
     # before it, the incoming QEMU is killed (abandon), the ports freed too.
     driver, obj = await running_guest(drivers, short_tmp)
-    job = give_job(driver, obj, JobOperation.MIGRATION_IN)
+    job = give_incoming(driver, obj)
     job.client_id, job.status = 7, MigrationStatus(status)
     await driver.migration.client_closed(7)
     assert obj.migration is None and not taken(driver.migration.ports, job.port)

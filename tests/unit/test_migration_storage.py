@@ -13,8 +13,10 @@ from pyvirt.qemu.migration import images
 from pyvirt.qemu.migration.capabilities import plan
 from pyvirt.qemu.migration.cookie import CookieNBD, CookieNBDDisk, MigrationCookie
 from pyvirt.qemu.migration.images import Decision, ImageInfo, ImageSpec
-from pyvirt.qemu.migration.job import MigrationJob, Phase, job_info, job_stats
+from pyvirt.qemu.migration.job import OutgoingJob
+from pyvirt.qemu.migration.jobstats import job_info, job_stats
 from pyvirt.qemu.migration.params import parse_request
+from pyvirt.qemu.migration.phases import SourcePhase
 from pyvirt.qemu.migration.storage import (
     DiskCopy,
     NbdAddress,
@@ -175,7 +177,7 @@ def test_nbd_disk_from_qemu_image_info() -> None:
 
 
 def test_job_statistics_count_disk_bytes() -> None:
-    job = MigrationJob(operation=5, flags=0, phase=Phase.PERFORM3)  # type: ignore[arg-type]
+    job = OutgoingJob(source_phase=SourcePhase.PERFORM3)
     job.info = {"ram": {"total": 100, "transferred": 40, "remaining": 60}}
     job.storage = StorageCopy([DiskCopy("vda", length=1000, offset=250),
                                DiskCopy("vdb", length=24, offset=24)])

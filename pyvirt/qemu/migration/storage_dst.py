@@ -15,20 +15,17 @@ with their capacities); their paths and formats from the destination's own defin
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
 
 from pyvirt.conf.domain import DiskDef, DomainDef
 from pyvirt.errors import InvalidArgError, OperationFailedError, OperationInvalidError
 from pyvirt.qemu.argv_disk import CACHE_MODES, disk_node_name
 from pyvirt.qemu.migration import images
 from pyvirt.qemu.migration.cookie import CookieNBD, CookieNBDDisk, MigrationCookie
-from pyvirt.qemu.migration.job import MigrationJob
+from pyvirt.qemu.migration.job import IncomingJob
 from pyvirt.qemu.migration.params import MigrationRequest
 from pyvirt.qemu.migration.storage import NbdAddress, export_name, format_node, parse_disks_uri
 from pyvirt.qemu.monitor import Monitor
-
-if TYPE_CHECKING:
-    from pyvirt.qemu.migration.engine import MigrationEngine
+from pyvirt.qemu.resources import PortAllocator
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +54,7 @@ def image_spec(disk: DiskDef, sent: CookieNBDDisk) -> images.ImageSpec:
                             backing_format=sent.backing_format)
 
 
-async def prepare_images(job: MigrationJob, definition: DomainDef, request: MigrationRequest,
+async def prepare_images(job: IncomingJob, definition: DomainDef, request: MigrationRequest,
                          cookie: MigrationCookie | None) -> list[DiskDef]:
     """Before QEMU starts: every copied disk's image exists with the right size. Created
     images are recorded in ``job`` (and its journal) at once, so any failure removes them."""
@@ -78,7 +75,7 @@ async def prepare_images(job: MigrationJob, definition: DomainDef, request: Migr
     return disks
 
 
-def nbd_address(engine: MigrationEngine, job: MigrationJob, request: MigrationRequest,
+def nbd_address(ports: PortAllocator, job: IncomingJob, request: MigrationRequest,
                 listen: str) -> NbdAddress:
     """--disks-uri, else the migration listener's address with --disks-port or a port from
     the migration range (held by the job until it ends)."""
@@ -89,10 +86,10 @@ def nbd_address(engine: MigrationEngine, job: MigrationJob, request: MigrationRe
             return NbdAddress(path=given.path)
         listen, port = given.host or listen, given.port
     if port:  # the client's port: only inside the migration range (docs/security.md)
-        engine.ports.claim(port, listen)
+        ports.claim(port, listen)
         job.nbd_port = port
         return NbdAddress(listen, port)
-    job.nbd_port = engine.ports.allocate(listen)
+    job.nbd_port = ports.allocate(listen)
     return NbdAddress(listen, job.nbd_port)
 
 
@@ -140,15 +137,15 @@ async def start_exports(monitor: Monitor, live: DomainDef, disks: list[DiskDef],
         CookieNBDDisk(d.target_dev, capacities[d.target_dev]) for d in disks))
 
 
-async def prepare_exports(engine: MigrationEngine, monitor: Monitor, live: DomainDef,
-                          job: MigrationJob, request: MigrationRequest, listen: str,
+async def prepare_exports(ports: PortAllocator, monitor: Monitor, live: DomainDef,
+                          job: IncomingJob, request: MigrationRequest, listen: str,
                           disks: list[DiskDef], cookie: MigrationCookie | None) -> CookieNBD:
-    address = nbd_address(engine, job, request, listen)
+    address = nbd_address(ports, job, request, listen)
     job.exported = [d.target_dev for d in disks]
     return await start_exports(monitor, live, disks, address, _cookie_disks(cookie))
 
 
-async def stop_server(monitor: Monitor, live: DomainDef, job: MigrationJob) -> None:
+async def stop_server(monitor: Monitor, live: DomainDef, job: IncomingJob) -> None:
     """Finish: the copy is complete; the exports and the server go (QEMU keeps the disks),
     and the disks' discard setting is the argv's again."""
     await monitor.execute("nbd-server-stop")
@@ -157,12 +154,12 @@ async def stop_server(monitor: Monitor, live: DomainDef, job: MigrationJob) -> N
         await set_discard(monitor, live, disks, "ignore")
 
 
-def forget_created(job: MigrationJob) -> None:
+def forget_created(job: IncomingJob) -> None:
     """The migration succeeded: the images Prepare created are the guest's disks now."""
     job.created_images.clear()
 
 
-def remove_created(job: MigrationJob) -> None:
+def remove_created(job: IncomingJob) -> None:
     """The migration failed: remove the images Prepare created (QEMU is gone)."""
     if job.created_images:
         images.remove(job.created_images)

@@ -32,7 +32,7 @@ from typing import Any
 from pyvirt.conf.domain import DiskDef, DomainDef
 from pyvirt.errors import OperationAbortedError, OperationFailedError, VirtError
 from pyvirt.qemu.migration.cookie import CookieNBD, CookieNBDDisk
-from pyvirt.qemu.migration.job import MigrationJob
+from pyvirt.qemu.migration.job import OutgoingJob
 from pyvirt.qemu.migration.params import MigrationRequest
 from pyvirt.qemu.migration.storage import (
     NODE_PREFIX,
@@ -169,7 +169,7 @@ def exported(disks: list[DiskDef], nbd: CookieNBD | None) -> None:
                                        f"disk {disk.target_dev}")
 
 
-async def start_mirrors(monitor: Monitor, job: MigrationJob, live: DomainDef,
+async def start_mirrors(monitor: Monitor, job: OutgoingJob, live: DomainDef,
                         request: MigrationRequest, disks: list[DiskDef],
                         address: NbdAddress, speed: int | None) -> None:
     """One NBD client and one mirror per copied disk (job.storage follows them)."""
@@ -195,7 +195,7 @@ async def refresh(monitor: Monitor, storage: StorageCopy) -> None:
             disk.error = str(info["error"])
 
 
-async def wait_ready(monitor: Monitor, job: MigrationJob, on_tick: Tick) -> None:
+async def wait_ready(monitor: Monitor, job: OutgoingJob, on_tick: Tick) -> None:
     """Until every mirror is READY; raise when one fails or the job is aborted."""
     storage = job.storage
     assert storage is not None
@@ -212,7 +212,7 @@ async def wait_ready(monitor: Monitor, job: MigrationJob, on_tick: Tick) -> None
         await job.wait_status_change(TICK_S)
 
 
-async def _wait_ended(monitor: Monitor, job: MigrationJob, timeout: float) -> None:
+async def _wait_ended(monitor: Monitor, job: OutgoingJob, timeout: float) -> None:
     storage = job.storage
     assert storage is not None
     deadline = asyncio.get_running_loop().time() + timeout
@@ -232,7 +232,7 @@ async def _delete_nodes(monitor: Monitor, storage: StorageCopy) -> None:
         storage.nodes.remove(node)
 
 
-async def complete(monitor: Monitor, job: MigrationJob) -> None:
+async def complete(monitor: Monitor, job: OutgoingJob) -> None:
     """At pre-switchover (guest stopped): end every mirror with the copy consistent."""
     storage = job.storage
     assert storage is not None
@@ -248,7 +248,7 @@ async def complete(monitor: Monitor, job: MigrationJob) -> None:
     await _delete_nodes(monitor, storage)
 
 
-async def abort(monitor: Monitor, job: MigrationJob) -> None:
+async def abort(monitor: Monitor, job: OutgoingJob) -> None:
     """After a failure: cancel what still runs (forced), then drop the NBD clients."""
     storage = job.storage
     if storage is None:
