@@ -204,7 +204,7 @@ DAEMON_SCHEMA = Schema.of(
         Key("unix_sock_group", _S, None, check=check_nonempty),
         Key("unix_sock_ro_perms", _S, "0777", check=_check_perms),
         Key("unix_sock_rw_perms", _S, "0700", check=_check_perms),
-        Key("unix_sock_admin_perms", _S, "0700", _N),
+        Key("unix_sock_admin_perms", _S, "0700", check=_check_perms),
         Key("unix_sock_dir", _S, None, check=check_absolute_path),
         # Authentication
         Key("auth_unix_ro", _S, "none", check=_check_auth),
@@ -297,10 +297,12 @@ class DaemonConfig:
     tcp_port: int = 16509
     #: None: all interfaces
     listen_addr: str | None = None
-    #: None: the daemon's own group
+    #: group of the three sockets (a name, or a gid; ``+N``: always a gid); None: the
+    #: daemon's own group. Resolved when the daemon starts (pyvirt.rpc.unix_listen).
     unix_sock_group: str | None = None
     unix_sock_ro_perms: int = 0o777
     unix_sock_rw_perms: int = 0o700
+    unix_sock_admin_perms: int = 0o700
     unix_sock_dir: str = "/run/pyvirt"
     auth_unix_ro: str = "none"
     auth_unix_rw: str = "none"

@@ -34,6 +34,7 @@ from pyvirt.rpc.qemu_protocol import QEMU
 from pyvirt.rpc.remote_protocol import REMOTE
 from pyvirt.rpc.server import RPCServer, ServerLimits
 from pyvirt.rpc.server_client import ClientContext
+from pyvirt.rpc.unix_listen import ensure_socket_dir, group_id
 from pyvirt.uri import ADMIN_SOCKET_NAME, RO_SOCKET_NAME, RW_SOCKET_NAME
 
 log = logging.getLogger(__name__)
@@ -95,6 +96,11 @@ def driver_settings(daemon_cfg: DaemonConfig, qemu_cfg: QemuConfig,
     )
 
 
+def unix_sock_gid(cfg: DaemonConfig) -> int | None:
+    """The gid owning the rw, ro and admin sockets; None: the daemon's own group."""
+    return None if cfg.unix_sock_group is None else group_id(cfg.unix_sock_group)
+
+
 def server_limits(cfg: DaemonConfig) -> ServerLimits:
     return ServerLimits(
         max_clients=cfg.max_clients, max_queued_clients=cfg.max_queued_clients,
@@ -117,6 +123,8 @@ class Daemon:
         self.qemu_cfg = qemu_cfg.with_daemon_dirs(cfg)
         self.listen = listen
         self.host_uuid = resolve_host_uuid(cfg)
+        # An unknown unix_sock_group stops the daemon before it touches anything.
+        self.sock_gid = unix_sock_gid(cfg)
         self.driver = driver or QemuDriver(driver_settings(cfg, qemu_cfg, self.host_uuid))
         self.server = RPCServer(RemoteDispatcher(self), programs=(REMOTE, QEMU),
                                 limits=server_limits(cfg), name="libvirtd")
@@ -133,13 +141,13 @@ class Daemon:
         self._take_pidfile()
         self.loop_watch.start()
         await self.driver.initialize(autostart=True)
-        self.sock_dir.mkdir(parents=True, exist_ok=True, mode=0o755)
+        ensure_socket_dir(self.sock_dir)
         await self.server.listen_unix(str(self.sock_dir / RW_SOCKET_NAME),
-                                      mode=self.cfg.unix_sock_rw_perms,
+                                      mode=self.cfg.unix_sock_rw_perms, group=self.sock_gid,
                                       auth=self.cfg.auth_unix_rw)
         await self.server.listen_unix(str(self.sock_dir / RO_SOCKET_NAME),
-                                      mode=self.cfg.unix_sock_ro_perms, readonly=True,
-                                      auth=self.cfg.auth_unix_ro)
+                                      mode=self.cfg.unix_sock_ro_perms, group=self.sock_gid,
+                                      readonly=True, auth=self.cfg.auth_unix_ro)
         if self.listen and self.cfg.listen_tcp:
             await self.server.listen_tcp(self.cfg.listen_addr or "0.0.0.0", self.cfg.tcp_port,
                                          auth=self.cfg.auth_tcp)
@@ -155,7 +163,8 @@ class Daemon:
         self.admin = RPCServer(dispatcher, programs=(ADMIN,), limits=admin_server_limits(),
                                name="admin")
         dispatcher.add_server("admin", self.admin)
-        await self.admin.listen_unix(str(self.sock_dir / ADMIN_SOCKET_NAME), mode=0o700)
+        await self.admin.listen_unix(str(self.sock_dir / ADMIN_SOCKET_NAME),
+                                     mode=self.cfg.unix_sock_admin_perms, group=self.sock_gid)
         await self.admin.start()
 
     async def run(self) -> None:

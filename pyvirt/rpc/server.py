@@ -48,7 +48,6 @@ import itertools
 import logging
 import os
 import socket
-import stat
 import sys
 import time
 from collections.abc import Iterable
@@ -61,6 +60,7 @@ from pyvirt.rpc.protocol import Program
 from pyvirt.rpc.remote_protocol import REMOTE
 from pyvirt.rpc.server_client import Dispatcher, ServerClient
 from pyvirt.rpc.stream import STREAM_QUEUED_BYTES
+from pyvirt.rpc.unix_listen import bind_unix_listener
 from pyvirt.rpc.workers import WorkerPool
 
 log = logging.getLogger(__name__)
@@ -215,15 +215,13 @@ class RPCServer:
 
     # -- listeners ---------------------------------------------------------------------------
     async def listen_unix(
-        self, path: str, *, mode: int = 0o666, readonly: bool = False, auth: str = AUTH_NONE
+        self, path: str, *, mode: int = 0o666, group: int | None = None,
+        readonly: bool = False, auth: str = AUTH_NONE
     ) -> Listener:
-        with contextlib.suppress(FileNotFoundError):
-            if stat.S_ISSOCK(os.lstat(path).st_mode):
-                os.unlink(path)  # a stale socket from a previous run
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        """*mode* and *group* (a gid; None: the process's) are the socket file's from its
+        creation on (:func:`bind_unix_listener`)."""
+        sock = bind_unix_listener(path, mode, group)
         try:
-            sock.bind(path)
-            os.chmod(path, mode)
             sock.listen(self.limits.max_queued_clients)
             sock.setblocking(False)
         except BaseException:
