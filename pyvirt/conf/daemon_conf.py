@@ -7,8 +7,8 @@ a setting pyvirtd would not honour stops the daemon at start-up instead of being
 ``docs/config.md`` describes every key; ``etc/pyvirtd.conf`` shows them all commented out.
 
 Deliberate deviations from libvirtd (documented in docs/config.md): ``auth_tcp`` defaults to
-``"none"`` (no SASL yet), ``listen_tls`` to 0 (no TLS yet), ``audit_level`` to 0 (no
-auditing); a missing ``host_uuid`` comes from SMBIOS, then /etc/machine-id.
+``"none"`` (no SASL yet), ``audit_level`` to 0 (no auditing); a missing ``host_uuid``
+comes from SMBIOS, then /etc/machine-id.
 
 Everything here is pure except :func:`load_daemon_config` and :func:`resolve_host_uuid`.
 """
@@ -41,6 +41,12 @@ from pyvirt.conf.confparse import (
     read_conf_text,
 )
 from pyvirt.errors import ConfSyntaxError, InvalidArgError
+from pyvirt.rpc.tls import (
+    DEFAULT_CA_FILE,
+    DEFAULT_SERVER_CERT,
+    DEFAULT_SERVER_KEY,
+    check_priority,
+)
 
 log = logging.getLogger(__name__)
 
@@ -195,9 +201,9 @@ _B, _INT, _U, _S, _L = Kind.BOOL, Kind.INT, Kind.UINT, Kind.STRING, Kind.STRING_
 DAEMON_SCHEMA = Schema.of(
     [
         # Network connectivity
-        Key("listen_tls", _B, 0, _N),
+        Key("listen_tls", _B, 1),
         Key("listen_tcp", _B, 0),
-        Key("tls_port", _S, "16514", _N),
+        Key("tls_port", _S, "16514", check=_check_tcp_port),
         Key("tcp_port", _S, "16509", check=_check_tcp_port),
         Key("listen_addr", _S, None, check=check_address),
         # UNIX socket access
@@ -210,21 +216,22 @@ DAEMON_SCHEMA = Schema.of(
         Key("auth_unix_ro", _S, "none", check=_check_auth),
         Key("auth_unix_rw", _S, "none", check=_check_auth),
         Key("auth_tcp", _S, "none", check=_check_auth),
-        Key("auth_tls", _S, "none", _N),
+        Key("auth_tls", _S, "none", check=_check_auth),
         Key("tcp_min_ssf", _U, None, _N),
         Key("access_drivers", _L, ("nop",), _N),
         # TLS x509 certificates
-        Key("key_file", _S, "/etc/pki/libvirt/private/serverkey.pem", _N),
+        Key("key_file", _S, DEFAULT_SERVER_KEY, check=check_absolute_path),
         Key("key_files", _L, None, _N),
-        Key("cert_file", _S, "/etc/pki/libvirt/servercert.pem", _N),
+        Key("cert_file", _S, DEFAULT_SERVER_CERT, check=check_absolute_path),
         Key("cert_files", _L, None, _N),
-        Key("ca_file", _S, "/etc/pki/CA/cacert.pem", _N),
-        Key("crl_file", _S, None, _N),
+        Key("ca_file", _S, DEFAULT_CA_FILE, check=check_absolute_path),
+        # None: /etc/pki/CA/cacrl.pem when it exists (libvirt's rule)
+        Key("crl_file", _S, None, check=check_absolute_path),
         # Authorization
         Key("tls_no_sanity_certificate", _B, 0, _N),
-        Key("tls_no_verify_certificate", _B, 0, _N),
-        Key("tls_allowed_dn_list", _L, None, _N),
-        Key("tls_priority", _S, "NORMAL", _N),
+        Key("tls_no_verify_certificate", _B, 0),
+        Key("tls_allowed_dn_list", _L, None),
+        Key("tls_priority", _S, "NORMAL", check=check_priority),
         Key("sasl_allowed_username_list", _L, None, _N),
         # Processing controls
         Key("max_clients", _U, 5000, check=check_positive),
@@ -293,7 +300,10 @@ class DaemonConfig:
     always resolved (defaults: ``run_dir``, and ``qemu.conf`` next to pyvirtd.conf).
     """
 
+    #: both only with ``--listen`` (libvirtd's rule)
+    listen_tls: bool = True
     listen_tcp: bool = False
+    tls_port: int = 16514
     tcp_port: int = 16509
     #: None: all interfaces
     listen_addr: str | None = None
@@ -307,6 +317,17 @@ class DaemonConfig:
     auth_unix_ro: str = "none"
     auth_unix_rw: str = "none"
     auth_tcp: str = "none"
+    #: the client certificate authenticates (libvirtd's default)
+    auth_tls: str = "none"
+    key_file: str = DEFAULT_SERVER_KEY
+    cert_file: str = DEFAULT_SERVER_CERT
+    ca_file: str = DEFAULT_CA_FILE
+    #: None: /etc/pki/CA/cacrl.pem if it exists
+    crl_file: str | None = None
+    tls_no_verify_certificate: bool = False
+    #: None: any certificate the CA signed; globs matched against the subject DN
+    tls_allowed_dn_list: tuple[str, ...] | None = None
+    tls_priority: str = "NORMAL"
     max_clients: int = 5000
     max_queued_clients: int = 1000
     max_anonymous_clients: int = 20

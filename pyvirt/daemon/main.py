@@ -31,7 +31,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("-f", "--config", help=f"configuration file (default "
                         f"{DEFAULT_CONFIG_PATH} when it exists)")
     parser.add_argument("-l", "--listen", action="store_true",
-                        help="listen for TCP connections (listen_tcp in the config)")
+                        help="listen on the network: TLS (listen_tls, default on) and TCP "
+                        "(listen_tcp, default off) as the config says")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     return parser.parse_args(argv)
 

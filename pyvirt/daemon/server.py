@@ -2,8 +2,8 @@
 
 Start-up: resolve the host UUID, take the pid file, load the driver (definitions, re-attach
 running QEMUs, autostart), then listen: ``libvirt-sock`` (read-write) and ``libvirt-sock-ro``
-(read-only) under ``unix_sock_dir``, TCP when ``listen_tcp`` is set and ``--listen`` given
-(as libvirtd), and the admin socket. SIGTERM/SIGINT stop the daemon but never the guests:
+(read-only) under ``unix_sock_dir``, TLS and TCP with ``--listen`` (daemon/network.py),
+and the admin socket. SIGTERM/SIGINT stop the daemon but never the guests:
 the next pyvirtd re-attaches them.
 """
 
@@ -24,6 +24,7 @@ from pyvirt.daemon import domain_procs, host_procs, migration_procs, qemu_procs
 from pyvirt.daemon.admin import AdminDispatcher, admin_server_limits
 from pyvirt.daemon.context import STATE_KEY, Call, ClientState, Handler
 from pyvirt.daemon.loopwatch import LoopWatch
+from pyvirt.daemon.network import listen_network, network_tls
 from pyvirt.errors import OperationFailedError
 from pyvirt.qemu.driver import QemuDriver
 from pyvirt.qemu.settings import DriverSettings
@@ -139,6 +140,7 @@ class Daemon:
 
     async def start(self) -> None:
         self._take_pidfile()
+        tls = network_tls(self.cfg, listen=self.listen)
         self.loop_watch.start()
         await self.driver.initialize(autostart=True)
         ensure_socket_dir(self.sock_dir)
@@ -148,9 +150,7 @@ class Daemon:
         await self.server.listen_unix(str(self.sock_dir / RO_SOCKET_NAME),
                                       mode=self.cfg.unix_sock_ro_perms, group=self.sock_gid,
                                       readonly=True, auth=self.cfg.auth_unix_ro)
-        if self.listen and self.cfg.listen_tcp:
-            await self.server.listen_tcp(self.cfg.listen_addr or "0.0.0.0", self.cfg.tcp_port,
-                                         auth=self.cfg.auth_tcp)
+        await listen_network(self.server, self.cfg, listen=self.listen, tls=tls)
         await self.server.start()
         await self._start_admin()
         log.info("pyvirtd ready (host uuid %s)", self.host_uuid)

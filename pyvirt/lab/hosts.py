@@ -211,6 +211,8 @@ def render_pyvirtd_conf(host: LabHost) -> str:
     return "\n".join(
         [
             f"# pyvirtd.conf of lab {host.name}, written by `pyvirt-lab up` on every up.",
+            "# --listen defaults to TLS only (libvirtd's rule); the lab uses plain TCP.",
+            "listen_tls = 0",
             "listen_tcp = 1",
             f'listen_addr = "{host.address}"',
             f'tcp_port = "{DAEMON_PORT}"',

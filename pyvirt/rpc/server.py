@@ -60,6 +60,7 @@ from pyvirt.rpc.protocol import Program
 from pyvirt.rpc.remote_protocol import REMOTE
 from pyvirt.rpc.server_client import Dispatcher, ServerClient
 from pyvirt.rpc.stream import STREAM_QUEUED_BYTES
+from pyvirt.rpc.tls import ServerTLS, tls_accept
 from pyvirt.rpc.unix_listen import bind_unix_listener
 from pyvirt.rpc.workers import WorkerPool
 
@@ -102,11 +103,11 @@ class ClientRecord:
     """One connection as the admin interface reports it (libvirt's ``virNetServerClient``)."""
 
     id: int
-    transport: str  # the listener's kind: "unix" or "tcp"
+    transport: str  # the listener's kind: "unix", "tcp" or "tls"
     connected_at: float  # time.time() at accept (libvirt's conn_time)
     readonly: bool
     opened: bool
-    #: tcp only: the peer as "addr:port" ("[v6addr]:port")
+    #: tcp and tls: the peer as "addr:port" ("[v6addr]:port")
     sock_addr: str | None = None
     #: unix only: the peer process's credentials (SO_PEERCRED); None when unknown
     pid: int | None = None
@@ -125,12 +126,14 @@ class _ClientMeta:
 @dataclasses.dataclass(eq=False)
 class Listener:
     sock: socket.socket
-    kind: str  # "unix" or "tcp"
+    kind: str  # "unix", "tcp" or "tls"
     address: str  # socket path, or "host:port"
     readonly: bool
     path: str | None = None
-    #: the listener's auth scheme (auth_unix_rw, auth_unix_ro, auth_tcp)
+    #: the listener's auth scheme (auth_unix_rw, auth_unix_ro, auth_tcp, auth_tls)
     auth: str = AUTH_NONE
+    #: tls only: the context and the checks after the handshake
+    tls: ServerTLS | None = None
     #: whether the loop watches the socket for connections now
     accepting: bool = False
 
@@ -141,7 +144,7 @@ class Listener:
 
     @property
     def port(self) -> int:
-        if self.kind != "tcp":
+        if self.kind == "unix":
             raise AttributeError("a unix listener has no port")
         port: int = self.sock.getsockname()[1]
         return port
@@ -230,8 +233,11 @@ class RPCServer:
         return self._add_listener(Listener(sock, "unix", path, readonly, path, auth))
 
     async def listen_tcp(
-        self, host: str, port: int, *, readonly: bool = False, auth: str = AUTH_NONE
+        self, host: str, port: int, *, readonly: bool = False, auth: str = AUTH_NONE,
+        tls: ServerTLS | None = None,
     ) -> Listener:
+        """A TCP listener; with *tls*, clients must complete the TLS handshake and pass
+        :meth:`ServerTLS.refusal` before their first packet (see :mod:`.tls`)."""
         loop = asyncio.get_running_loop()
         infos = await loop.getaddrinfo(
             host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
@@ -248,7 +254,8 @@ class RPCServer:
             raise
         bound = sock.getsockname()
         address = f"{bound[0]}:{bound[1]}"
-        return self._add_listener(Listener(sock, "tcp", address, readonly, None, auth))
+        transport = "tcp" if tls is None else "tls"
+        return self._add_listener(Listener(sock, transport, address, readonly, None, auth, tls))
 
     def _add_listener(self, listener: Listener) -> Listener:
         self._listeners.append(listener)
@@ -339,17 +346,24 @@ class RPCServer:
     async def _setup_client(self, sock: socket.socket, addr: Any, listener: Listener,
                             anonymous: bool) -> None:
         sock.setblocking(False)
+        peer = _peer_name(sock, addr, listener)
         try:
             if listener.kind == "unix":
                 reader, writer = await asyncio.open_unix_connection(sock=sock,
                                                                     limit=READER_LIMIT)
+            elif listener.tls is not None:
+                streams = await tls_accept(sock, peer, listener.tls,
+                                           self.limits.handshake_timeout, self.name)
+                if streams is None:
+                    self._forget(anonymous=anonymous)
+                    return
+                reader, writer = streams
             else:
                 reader, writer = await asyncio.open_connection(sock=sock, limit=READER_LIMIT)
         except BaseException:
             sock.close()
             self._forget(anonymous=anonymous)
             raise
-        peer = _peer_name(sock, addr, listener)
         client = ServerClient(self, reader, writer, client_id=next(self._ids), peer=peer,
                               readonly=listener.readonly,
                               authenticated=not anonymous)  # fmt: skip
@@ -492,7 +506,7 @@ def _check_client_limits(max_clients: int, max_anonymous: int) -> None:
 
 
 def _peer_name(sock: socket.socket, addr: Any, listener: Listener) -> str:
-    if listener.kind == "tcp":
+    if listener.kind != "unix":
         return f"{addr[0]}:{addr[1]}"
     creds = _peer_creds(sock)
     return f"unix pid={creds[0]}" if creds is not None else "unix"

@@ -30,18 +30,26 @@ equivalent are accepted (:data:`PRIORITY_MAP`), any other value stops the daemon
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import fnmatch
+import logging
 import os
+import socket
 import ssl
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 from pyvirt.errors import ErrorCode, ErrorDomain, VirtError
+from pyvirt.rpc.packet import READER_LIMIT
+
+log = logging.getLogger(__name__)
 
 #: the byte libvirt's server sends once the client's certificate passed every check
 TLS_CONFIRMATION = b"\x01"
+#: how long a refused client's close_notify exchange may take
+CLOSE_TIMEOUT_S = 5.0
 
 PKI_DIR = "/etc/pki"
 DEFAULT_CA_FILE = f"{PKI_DIR}/CA/cacert.pem"
@@ -164,6 +172,10 @@ def server_tls(*, cert_file: str, key_file: str, ca_file: str, crl_file: str | N
     """
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     _apply_priority(ctx, priority)
+    # No TLS 1.3 session tickets: the stock client polls for the confirmation byte, and a
+    # ticket record arriving first makes its one read fail with EAGAIN. libvirtd (GnuTLS
+    # without a ticket key) sends none either.
+    ctx.num_tickets = 0
     _load_pair(ctx, cert_file, key_file)
     if crl_file is None and os.path.exists(DEFAULT_CRL_FILE):
         crl_file = DEFAULT_CRL_FILE
@@ -247,8 +259,64 @@ def tls_failure_reason(exc: BaseException) -> str:
     """A handshake failure as one line: OpenSSL's verify message when there is one."""
     if isinstance(exc, ssl.SSLCertVerificationError) and exc.verify_message:
         return f"certificate verify failed: {exc.verify_message}"
-    if isinstance(exc, TimeoutError | asyncio.TimeoutError):
+    if isinstance(exc, TimeoutError):
         return "no handshake within handshake_timeout"
     if isinstance(exc, ssl.SSLError):
         return exc.reason or str(exc)
     return str(exc) or type(exc).__name__
+
+
+async def tls_accept(sock: socket.socket, peer: str, tls: ServerTLS,
+                     handshake_timeout: float | None, server_name: str,
+                     ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
+    """Server side of one accepted connection: the handshake (asyncio's, off the loop's
+    blocking path, bounded by *handshake_timeout*), the DN check, then libvirt's
+    confirmation byte. None: refused, the reason logged, the socket closed without ``\\1``."""
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=READER_LIMIT, loop=loop)
+    protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
+    # asyncio closes the socket when the handshake fails; this duplicate keeps the
+    # connection for an orderly close (below)
+    linger = sock.dup()
+    try:
+        transport, _ = await loop.connect_accepted_socket(
+            lambda: protocol, sock, ssl=tls.context,
+            ssl_handshake_timeout=handshake_timeout or None)
+    except (OSError, TimeoutError) as exc:  # ssl.SSLError is an OSError
+        sock.close()
+        log.warning("%s: TLS client %s refused: handshake failed: %s", server_name, peer,
+                    tls_failure_reason(exc))  # fmt: skip
+        await _close_orderly(linger)
+        return None
+    except BaseException:
+        linger.close()
+        raise
+    linger.close()
+    writer = asyncio.StreamWriter(transport, protocol, reader, loop)
+    refusal = tls.refusal(writer.get_extra_info("peercert"))
+    if refusal is not None:
+        log.warning("%s: TLS client %s refused: %s", server_name, peer, refusal)
+        writer.close()
+        with contextlib.suppress(OSError, TimeoutError):
+            await asyncio.wait_for(writer.wait_closed(), CLOSE_TIMEOUT_S)
+        return None
+    writer.write(TLS_CONFIRMATION)
+    return reader, writer
+
+
+async def _close_orderly(sock: socket.socket) -> None:
+    """Send FIN and read what the client still sends until it closes (at most
+    CLOSE_TIMEOUT_S), then close. Closing with its last flight unread would answer with
+    a reset, and the stock client, writing into it, dies of SIGPIPE instead of reporting
+    the refusal ("Unable to read TLS confirmation")."""
+    loop = asyncio.get_running_loop()
+    sock.setblocking(False)
+    try:
+        sock.shutdown(socket.SHUT_WR)
+        async with asyncio.timeout(CLOSE_TIMEOUT_S):
+            while await loop.sock_recv(sock, 4096):
+                pass
+    except (OSError, TimeoutError):
+        pass
+    finally:
+        sock.close()

@@ -172,6 +172,10 @@ def start_daemon(root: Path, *, emulator: str = REAL_QEMU, conf: dict[str, Any] 
                  qemu_conf: dict[str, Any] | None = None, listen: bool = False,
                  wrapper: tuple[str, ...] = ()) -> DaemonHandle:
     """``wrapper``: a command that execs the daemon's argv (appended), e.g. ``unshare``."""
+    if listen:
+        # libvirtd's --listen default is TLS only; tests that listen say what they want, and
+        # plain TCP (listen_tcp) stays explicit too
+        conf = {"listen_tls": 0, **(conf or {})}
     config = write_configs(root, conf or {}, {"emulator": emulator, **(qemu_conf or {})})
     argv = [*wrapper, sys.executable, "-m", "pyvirt.daemon", "--config", str(config)]
     if listen:

@@ -21,7 +21,8 @@ def pyvirtd(config: Path) -> tuple[int, str]:
     ("max_workers = -2", "pyvirtd.conf:1:"),
     ('max_clients = "many"', "pyvirtd.conf:1:"),
     ("min_workers = 9\nmax_workers = 3", "pyvirtd.conf:2:"),
-    ("listen_tls = 1", "pyvirtd.conf:1: 'listen_tls' is not supported by pyvirtd yet"),
+    ('key_files = [ "/k" ]', "pyvirtd.conf:1: 'key_files' is not supported by pyvirtd yet"),
+    ('tls_priority = "SECURE256"', "pyvirtd.conf:1: tls_priority: GnuTLS priority 'SECURE256'"),
 ])
 def test_bad_config_refused_with_file_and_line(tmp_path: Path, line: str, needle: str) -> None:
     config = tmp_path / "pyvirtd.conf"

@@ -115,7 +115,7 @@ def test_derived_defaults_follow_run_dir_and_file_location() -> None:
 def test_deliberate_deviations_from_libvirtd() -> None:
     keys = DAEMON_SCHEMA.keys
     assert keys["auth_tcp"].default == "none"  # libvirtd: "sasl"
-    assert keys["listen_tls"].default == 0  # libvirtd: 1
+    assert keys["listen_tls"].default == 1  # as libvirtd (only with --listen)
     assert keys["audit_level"].default == 0  # libvirtd: 1
 
 
@@ -252,7 +252,10 @@ def test_default_log_outputs() -> None:
         ('qemu_conf = "qemu.conf"', "qemu_conf: path must be absolute"),
         ("foo = 1", "unknown key 'foo'"),
         ("max_worker = 1", "unknown key 'max_worker' (did you mean 'max_workers'?)"),
-        ("listen_tls = 1", "'listen_tls' is not supported by pyvirtd yet"),
+        ("key_files = [\"/k\"]", "'key_files' is not supported by pyvirtd yet"),
+        ('tls_priority = "SECURE256"', "tls_priority: GnuTLS priority 'SECURE256' has no"),
+        ('tls_port = "https"', "tls_port: service names are not supported"),
+        ('ca_file = "cacert.pem"', "ca_file: path must be absolute"),
     ],
 )
 def test_errors_carry_file_and_line(text: str, reason: str) -> None:
@@ -301,8 +304,8 @@ def test_not_yet_key_refused_unless_default(key: Key) -> None:
 
 def test_not_yet_keys_include_the_tls_sasl_admin_and_audit_families() -> None:
     names = {key.name for key in NOT_YET}
-    assert {"listen_tls", "key_file", "cert_file", "ca_file", "crl_file"} <= names
-    assert {"sasl_allowed_username_list", "tls_allowed_dn_list", "access_drivers"} <= names
+    assert {"key_files", "cert_files", "tls_no_sanity_certificate"} <= names
+    assert {"sasl_allowed_username_list", "access_drivers"} <= names
     assert {"audit_level", "audit_logging", "ovs_timeout", "admin_max_workers"} <= names
 
 
@@ -322,7 +325,20 @@ def test_with_overrides_validates_like_the_file() -> None:
     with pytest.raises(InvalidArgError, match="unknown key 'bogus'"):
         cfg.with_overrides(bogus=1)
     with pytest.raises(InvalidArgError, match="not supported by pyvirtd yet"):
-        cfg.with_overrides(listen_tls=1)
+        cfg.with_overrides(tls_no_sanity_certificate=1)
+
+
+def test_tls_keys_have_libvirts_defaults() -> None:
+    cfg = parse("")
+    assert (cfg.listen_tls, cfg.tls_port, cfg.auth_tls) == (True, 16514, "none")
+    assert cfg.cert_file == "/etc/pki/libvirt/servercert.pem"
+    assert cfg.key_file == "/etc/pki/libvirt/private/serverkey.pem"
+    assert cfg.ca_file == "/etc/pki/CA/cacert.pem"
+    assert (cfg.crl_file, cfg.tls_allowed_dn_list) == (None, None)
+    assert (cfg.tls_no_verify_certificate, cfg.tls_priority) == (False, "NORMAL")
+    custom = parse('tls_allowed_dn_list = [ "C=GB,*" ]\ntls_priority = "@LIBVIRT,SYSTEM"')
+    assert custom.tls_allowed_dn_list == ("C=GB,*",)
+    assert custom.tls_priority == "@LIBVIRT,SYSTEM"
 
 
 def test_with_overrides_keeps_other_values() -> None:

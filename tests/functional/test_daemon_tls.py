@@ -1,0 +1,149 @@
+"""The TLS listener against the stock virsh: client certificates checked against the CA,
+the CRL and tls_allowed_dn_list; libvirt's confirmation byte; bad credentials stop the
+daemon at start; a client that never speaks TLS is dropped after handshake_timeout.
+
+Certificates are made at test time (tests/functional/tls_pki.py); all traffic is loopback.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.functional.daemon_util import DaemonHandle, running_daemon
+from tests.functional.test_daemon_abuse import free_tcp_port
+from tests.functional.tls_pki import ALLOWED_DN_GLOB, NOT_ALLOWED_DN, PKI, make_pki
+
+pytestmark = pytest.mark.skipif(shutil.which("virsh") is None, reason="needs the stock virsh")
+
+HANDSHAKE_TIMEOUT_S = 2
+VIRSH_TIMEOUT_S = 30
+
+
+@pytest.fixture(scope="module")
+def pki() -> Iterator[PKI]:
+    root = Path(tempfile.mkdtemp(prefix="pvtls-", dir="/tmp"))
+    try:
+        yield make_pki(root)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def tls_conf(pki: PKI, port: int, **extra: Any) -> dict[str, Any]:
+    return {"listen_tls": 1, "listen_tcp": 0, "listen_addr": "127.0.0.1",
+            "tls_port": str(port), "ca_file": str(pki.ca), "crl_file": str(pki.crl),
+            "cert_file": str(pki.server_cert), "key_file": str(pki.server_key),
+            "tls_allowed_dn_list": [ALLOWED_DN_GLOB],
+            "handshake_timeout": HANDSHAKE_TIMEOUT_S, **extra}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def tls_daemon(pki: PKI) -> Iterator[tuple[DaemonHandle, int]]:
+    port = free_tcp_port()
+    with running_daemon(emulator="fake", conf=tls_conf(pki, port), listen=True) as daemon:
+        yield daemon, port
+
+
+def tls_uri(port: int, pkipath: Path, extra: str = "") -> str:
+    return f"qemu+tls://127.0.0.1:{port}/system?pkipath={pkipath}{extra}"
+
+
+def virsh(uri: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["virsh", "-c", uri, *args], capture_output=True, text=True,
+                          timeout=VIRSH_TIMEOUT_S, stdin=subprocess.DEVNULL)  # fmt: skip
+
+
+def wait_log(daemon: DaemonHandle, text: str, timeout: float = 5.0) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        lines = [line for line in daemon.daemon_log().splitlines() if text in line]
+        if lines:
+            return lines[-1]
+        time.sleep(0.05)
+    raise AssertionError(f"no log line with {text!r}: {daemon.daemon_log()[-3000:]}")
+
+
+def test_stock_virsh_with_a_good_certificate_lists_domains(
+        pki: PKI, tls_daemon: tuple[DaemonHandle, int]) -> None:
+    _, port = tls_daemon
+    result = virsh(tls_uri(port, pki.client_dir("good")), "list", "--all")
+    assert result.returncode == 0, result.stderr
+    assert "Id" in result.stdout and "Name" in result.stdout
+    uri = virsh(tls_uri(port, pki.client_dir("good")), "uri")
+    assert uri.returncode == 0, uri.stderr
+
+
+@pytest.mark.parametrize(("client", "client_error", "daemon_reason"), [
+    # the handshake fails on the server's check: the client reads no confirmation
+    ("other-ca", "Unable to read TLS confirmation",
+     "certificate verify failed: unable to get local issuer certificate"),
+    ("revoked", "Unable to read TLS confirmation",
+     "certificate verify failed: certificate revoked"),
+    ("no-cert", "Unable to read TLS confirmation", "PEER_DID_NOT_RETURN_A_CERTIFICATE"),
+    # the handshake succeeds; the DN check fails and the server closes without the byte
+    ("not-allowed", "server verification (of our certificate or IP address) failed",
+     f"Client's Distinguished Name '{NOT_ALLOWED_DN}' is not on tls_allowed_dn_list"),
+])  # fmt: skip
+def test_stock_virsh_with_a_bad_certificate_is_refused_and_logged(
+        pki: PKI, tls_daemon: tuple[DaemonHandle, int], client: str, client_error: str,
+        daemon_reason: str) -> None:  # fmt: skip
+    daemon, port = tls_daemon
+    result = virsh(tls_uri(port, pki.client_dir(client)), "list", "--all")
+    assert result.returncode != 0
+    assert client_error in result.stderr
+    line = wait_log(daemon, daemon_reason)
+    assert "TLS client 127.0.0.1:" in line and "refused" in line
+
+
+def test_a_client_that_never_speaks_tls_does_not_hang_the_daemon(
+        pki: PKI, tls_daemon: tuple[DaemonHandle, int]) -> None:
+    daemon, port = tls_daemon
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as idle, \
+            socket.create_connection(("127.0.0.1", port), timeout=10) as plain:
+        plain.sendall(b"\x00\x00\x00\x1c plain libvirt RPC, not TLS")
+        began = time.monotonic()
+        # the daemon serves others while the idle one sits in its handshake
+        good = virsh(tls_uri(port, pki.client_dir("good")), "list", "--all")
+        assert good.returncode == 0, good.stderr
+        assert time.monotonic() - began < HANDSHAKE_TIMEOUT_S
+        answer = plain.recv(4096)
+        assert answer == b"" or answer.startswith(b"\x15")  # EOF or a TLS alert record
+        assert idle.recv(1) == b""  # closed by the daemon, not by us
+        assert time.monotonic() - began < HANDSHAKE_TIMEOUT_S + 3
+    wait_log(daemon, "handshake failed: WRONG_VERSION_NUMBER")
+    wait_log(daemon, f"taking longer than {HANDSHAKE_TIMEOUT_S} seconds")
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"key_file": "/nonexistent/serverkey.pem"},
+     "Cannot read private key '/nonexistent/serverkey.pem': it does not exist"),
+    ({"ca_file": "/nonexistent/cacert.pem"},
+     "Cannot read CA certificate '/nonexistent/cacert.pem': it does not exist"),
+    ({"crl_file": "/nonexistent/cacrl.pem"},
+     "Cannot read CA revocation list '/nonexistent/cacrl.pem'"),
+    ({"tls_priority": "SECURE256"}, "tls_priority: GnuTLS priority 'SECURE256' has no"),
+])  # fmt: skip
+def test_bad_tls_settings_stop_the_daemon_at_start(
+        pki: PKI, change: dict[str, Any], message: str) -> None:
+    conf = tls_conf(pki, free_tcp_port(), **change)
+    with pytest.raises(AssertionError, match="pyvirtd exited") as failure, \
+            running_daemon(emulator="fake", conf=conf, listen=True):
+        pass
+    assert message in str(failure.value)
+
+
+def test_without_listen_there_is_no_tls_listener(pki: PKI) -> None:
+    port = free_tcp_port()
+    conf = tls_conf(pki, port, key_file="/nonexistent/serverkey.pem")
+    # no --listen: as libvirtd, no network listener, so the bad key is not even read
+    with running_daemon(emulator="fake", conf=conf), pytest.raises(OSError), \
+            socket.create_connection(("127.0.0.1", port), timeout=2):
+        pass
