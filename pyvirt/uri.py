@@ -1,9 +1,11 @@
 """Connection URIs, libvirt's syntax: ``driver[+transport]://[user@][host][:port]/path[?k=v&...]``.
 
 Supported: ``qemu:///system`` (pyvirt's own unix socket), ``qemu+unix:///system?socket=P``,
-``qemu+tcp://host[:port]/system`` (port 16509), ``qemu+ssh://[user@]host[:port]/system``
-with ``socket=``, ``keyfile=``, ``no_verify=``, ``no_tty=``, ``netcat=`` as libvirt. TLS and
-the others are refused with a clear error rather than misread.
+``qemu+tcp://host[:port]/system`` (port 16509), ``qemu+tls://host[:port]/system`` (port
+16514; also ``qemu://host/system``) with ``pkipath=`` and ``no_verify=``,
+``qemu+ssh://[user@]host[:port]/system`` with ``socket=``, ``keyfile=``, ``no_verify=``,
+``no_tty=``, ``netcat=`` as libvirt. Other transports are refused with a clear error rather
+than misread.
 
 The URI sent in CONNECT_OPEN is the driver part only (``qemu:///system``), as libvirt's
 remote driver sends it once the transport has been stripped.
@@ -22,6 +24,7 @@ RW_SOCKET_NAME = "libvirt-sock"
 RO_SOCKET_NAME = "libvirt-sock-ro"
 ADMIN_SOCKET_NAME = "libvirt-admin-sock"
 DEFAULT_TCP_PORT = 16509
+DEFAULT_TLS_PORT = 16514
 #: what a NULL/empty URI means when neither environment variable is set (libvirt: the
 #: first driver that accepts; pyvirt has one)
 DEFAULT_URI = "qemu:///system"
@@ -31,7 +34,7 @@ DEFAULT_URI_ENV = ("PYVIRT_DEFAULT_URI", "LIBVIRT_DEFAULT_URI")
 #: query parameters the client consumes itself (libvirt strips them from the open name)
 _CLIENT_PARAMS = frozenset({
     "socket", "keyfile", "no_verify", "no_tty", "netcat", "command", "name", "mode",
-    "known_hosts", "sshauth", "proxy",
+    "known_hosts", "sshauth", "proxy", "pkipath",
 })
 _SUPPORTED_DRIVERS = frozenset({"qemu"})
 _SUPPORTED_PATHS = frozenset({"/system"})
@@ -46,7 +49,7 @@ class URIError(VirtError):
 class ConnectURI:
     text: str
     driver: str
-    #: unix, tcp or ssh
+    #: unix, tcp, tls or ssh
     transport: str
     host: str | None
     port: int | None
@@ -98,13 +101,10 @@ def parse_uri(text: str) -> ConnectURI:
                        code=ErrorCode.NO_CONNECT)
     host = parts.hostname
     transport = transport or ("tls" if host else "unix")
-    if transport == "tls":
-        raise URIError(f"TLS transport (qemu+tls) is not supported yet: {text}",
-                       code=ErrorCode.NO_SUPPORT)
-    if transport not in ("unix", "tcp", "ssh"):
+    if transport not in ("unix", "tcp", "tls", "ssh"):
         raise URIError(f"transport '{transport}' is not supported: {text}",
                        code=ErrorCode.NO_SUPPORT)
-    if transport in ("tcp", "ssh") and not host:
+    if transport in ("tcp", "tls", "ssh") and not host:
         raise URIError(f"invalid argument: transport '{transport}' needs a host: {text}")
     path = parts.path or "/system"
     if path not in _SUPPORTED_PATHS:

@@ -4,6 +4,10 @@
 ``unix``      ``qemu:///system`` → ``/run/pyvirt/libvirt-sock`` (``-ro`` when read-only),
               or ``?socket=PATH``
 ``tcp``       ``qemu+tcp://HOST[:PORT]/system``, port 16509 by default
+``tls``       ``qemu+tls://HOST[:PORT]/system``, port 16514 by default: libvirt's client
+              PKI (``pkipath=``, else /etc/pki or ``~/.pki/libvirt``, see
+              :mod:`pyvirt.rpc.tls`), the server's certificate and name checked unless
+              ``no_verify=1``, then the server's one-byte confirmation awaited
 ``ssh``       ``qemu+ssh://[USER@]HOST[:PORT]/system``: ``ssh`` as a subprocess, its
               stdin/stdout carrying the RPC bytes, running on the remote host a command
               that joins them to the daemon's unix socket (see :func:`ssh_argv`)
@@ -27,12 +31,14 @@ import dataclasses
 import os
 import shlex
 import socket
+import ssl
 from collections.abc import Awaitable, Callable
 
 from pyvirt.client.ssh_bridge import BRIDGE_SCRIPT, REMOTE_PYTHON
 from pyvirt.errors import ErrorCode, ErrorDomain, VirtError
 from pyvirt.rpc.packet import READER_LIMIT
-from pyvirt.uri import DEFAULT_TCP_PORT, ConnectURI
+from pyvirt.rpc.tls import TLS_CONFIRMATION, client_context, locate_client_pki
+from pyvirt.uri import DEFAULT_TCP_PORT, DEFAULT_TLS_PORT, ConnectURI
 
 #: environment variable naming the ssh program (tests point it at a stand-in)
 SSH_PROGRAM_ENV = "PYVIRT_SSH"
@@ -156,6 +162,44 @@ async def _open_tcp(uri: ConnectURI, readonly: bool, ssh_program: str | None) ->
     return Transport(reader, writer, f"tcp:{host}:{port}")
 
 
+async def _open_tls(uri: ConnectURI, readonly: bool, ssh_program: str | None) -> Transport:
+    host = uri.host or "localhost"
+    port = uri.port or DEFAULT_TLS_PORT
+    verify = not uri.no_verify
+    context = client_context(locate_client_pki(uri.params.get("pkipath")), verify=verify)
+    try:
+        reader, writer = await asyncio.open_connection(
+            host, port, limit=READER_LIMIT, ssl=context,
+            server_hostname=host if verify else None)  # fmt: skip
+    except ssl.SSLCertVerificationError as exc:
+        raise TransportError(f"Unable to verify TLS peer: {exc.verify_message}") from None
+    except ssl.SSLError as exc:
+        raise TransportError(f"TLS handshake failed: {exc.reason or exc}") from None
+    except socket.gaierror as exc:
+        raise TransportError(f"Unable to resolve address '{host}' service '{port}': "
+                             f"{exc.strerror}") from None  # fmt: skip
+    except OSError as exc:
+        raise TransportError(f"unable to connect to server at '{host}:{port}': "
+                             f"{_strerror(exc)}") from None  # fmt: skip
+    await _read_tls_confirmation(reader, writer)
+    return Transport(reader, writer, f"tls:{host}:{port}")
+
+
+async def _read_tls_confirmation(reader: asyncio.StreamReader,
+                                 writer: asyncio.StreamWriter) -> None:
+    """The server checked our certificate: one byte ``\1`` means accepted; a close
+    without it, refused (libvirt's messages for both)."""
+    try:
+        byte = await reader.read(1)
+    except (ssl.SSLError, OSError) as exc:
+        writer.close()
+        reason = exc.reason if isinstance(exc, ssl.SSLError) else _strerror(exc)
+        raise TransportError(f"Unable to read TLS confirmation: {reason}") from None
+    if byte != TLS_CONFIRMATION:
+        writer.close()
+        raise TransportError("server verification (of our certificate or IP address) failed")
+
+
 # -- ssh -------------------------------------------------------------------------------------
 def _safe_name(what: str, value: str | None) -> str:
     # a leading "-" would be parsed by ssh as an option (-oProxyCommand=... runs anything)
@@ -220,7 +264,8 @@ async def _open_ssh(uri: ConnectURI, readonly: bool, program: str | None) -> Tra
 
 
 _Opener = Callable[[ConnectURI, bool, "str | None"], Awaitable[Transport]]
-_OPENERS: dict[str, _Opener] = {"unix": _open_unix, "tcp": _open_tcp, "ssh": _open_ssh}
+_OPENERS: dict[str, _Opener] = {"unix": _open_unix, "tcp": _open_tcp, "tls": _open_tls,
+                                "ssh": _open_ssh}
 
 
 async def open_transport(

@@ -7,9 +7,11 @@ Certificates are made at test time (tests/functional/tls_pki.py); all traffic is
 
 from __future__ import annotations
 
+import re
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -18,6 +20,8 @@ from typing import Any
 
 import pytest
 
+from pyvirt.client import sync as pyvirt_client
+from pyvirt.client.error import libvirtError
 from tests.functional.daemon_util import DaemonHandle, running_daemon
 from tests.functional.test_daemon_abuse import free_tcp_port
 from tests.functional.tls_pki import ALLOWED_DN_GLOB, NOT_ALLOWED_DN, PKI, make_pki
@@ -147,3 +151,62 @@ def test_without_listen_there_is_no_tls_listener(pki: PKI) -> None:
     with running_daemon(emulator="fake", conf=conf), pytest.raises(OSError), \
             socket.create_connection(("127.0.0.1", port), timeout=2):
         pass
+
+
+# -- pyvirt's own client and pyvirsh ------------------------------------------------------------
+def pyvirsh(uri: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(Path(sys.executable).parent / "pyvirsh"), "-c", uri, *args],
+                          capture_output=True, text=True, timeout=VIRSH_TIMEOUT_S,
+                          stdin=subprocess.DEVNULL)  # fmt: skip
+
+
+def test_pyvirt_client_over_tls(pki: PKI, tls_daemon: tuple[DaemonHandle, int]) -> None:
+    _, port = tls_daemon
+    conn = pyvirt_client.open(tls_uri(port, pki.client_dir("good")))
+    try:
+        assert conn.listAllDomains() == []
+    finally:
+        conn.close()
+
+
+#: libvirt's two messages for a refusal: the alert, or the close without the byte (which
+#: one a client sees first for a handshake-time refusal depends on timing)
+REFUSED = re.compile(r"Unable to read TLS confirmation|server verification \(of our "
+                     r"certificate or IP address\) failed")
+
+
+@pytest.mark.parametrize("client", ["other-ca", "revoked", "no-cert", "not-allowed"])
+def test_pyvirt_client_with_a_bad_certificate_is_refused(
+        pki: PKI, tls_daemon: tuple[DaemonHandle, int], client: str) -> None:
+    _, port = tls_daemon
+    with pytest.raises(libvirtError, match=REFUSED):
+        pyvirt_client.open(tls_uri(port, pki.client_dir(client)))
+
+
+def test_pyvirsh_over_tls(pki: PKI, tls_daemon: tuple[DaemonHandle, int]) -> None:
+    _, port = tls_daemon
+    good = pyvirsh(tls_uri(port, pki.client_dir("good")), "list", "--all")
+    assert good.returncode == 0, good.stderr
+    assert "Id" in good.stdout
+    refused = pyvirsh(tls_uri(port, pki.client_dir("not-allowed")), "list", "--all")
+    assert refused.returncode != 0
+    assert "server verification (of our certificate or IP address) failed" in refused.stderr
+
+
+def test_client_checks_the_server_name_unless_no_verify(pki: PKI) -> None:
+    port = free_tcp_port()
+    conf = tls_conf(pki, port, cert_file=str(pki.misnamed_server_cert),
+                    key_file=str(pki.misnamed_server_key))
+    with running_daemon(emulator="fake", conf=conf, listen=True):
+        misnamed = tls_uri(port, pki.client_dir("good"))
+        with pytest.raises(libvirtError, match="Unable to verify TLS peer"):
+            pyvirt_client.open(misnamed)
+        stock = virsh(misnamed, "uri")
+        assert stock.returncode != 0 and "127.0.0.1" in stock.stderr, stock.stderr
+        conn = pyvirt_client.open(misnamed + "&no_verify=1")
+        try:
+            assert conn.listAllDomains() == []
+        finally:
+            conn.close()
+        unchecked = virsh(misnamed + "&no_verify=1", "uri")
+        assert unchecked.returncode == 0, unchecked.stderr

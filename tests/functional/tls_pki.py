@@ -47,6 +47,15 @@ class PKI:
     def server_key(self) -> Path:
         return self.root / "serverkey.pem"
 
+    @property
+    def misnamed_server_cert(self) -> Path:
+        """Signed by the CA, but for another host name (no 127.0.0.1, no localhost)."""
+        return self.root / "misnamed-servercert.pem"
+
+    @property
+    def misnamed_server_key(self) -> Path:
+        return self.root / "misnamed-serverkey.pem"
+
     def client_dir(self, name: str) -> Path:
         return self.root / name
 
@@ -96,7 +105,8 @@ def _ca(common_name: str) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]
 
 
 def _leaf(ca: x509.Certificate, ca_key: ec.EllipticCurvePrivateKey, subject: x509.Name,
-          *, server: bool) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+          *, server: bool, names: tuple[str, ...] = ("localhost", "127.0.0.1"),
+          ) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
     key = _key()
     usage = ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH
     builder = (_builder(subject, ca.subject, key.public_key())
@@ -105,10 +115,16 @@ def _leaf(ca: x509.Certificate, ca_key: ec.EllipticCurvePrivateKey, subject: x50
                .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
                    ca_key.public_key()), critical=False))
     if server:
-        builder = builder.add_extension(x509.SubjectAlternativeName([
-            x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-        ]), critical=False)
+        builder = builder.add_extension(x509.SubjectAlternativeName(
+            [_general_name(name) for name in names]), critical=False)
     return builder.sign(ca_key, hashes.SHA256()), key
+
+
+def _general_name(name: str) -> x509.GeneralName:
+    try:
+        return x509.IPAddress(ipaddress.ip_address(name))
+    except ValueError:
+        return x509.DNSName(name)
 
 
 def _write(path: Path, data: bytes, mode: int = 0o644) -> None:
@@ -129,6 +145,10 @@ def make_pki(root: Path) -> PKI:
     server, server_key = _leaf(ca, ca_key, _name("localhost"), server=True)
     _write(pki.server_cert, _pem(server))
     _write(pki.server_key, _pem_key(server_key), 0o600)
+    misnamed, misnamed_key = _leaf(ca, ca_key, _name("elsewhere.invalid"), server=True,
+                                   names=("elsewhere.invalid",))
+    _write(pki.misnamed_server_cert, _pem(misnamed))
+    _write(pki.misnamed_server_key, _pem_key(misnamed_key), 0o600)
     subjects = {"good": _name("client-good"), "other-ca": _name("client-other"),
                 "revoked": _name("client-revoked"), "not-allowed": _name("intruder")}
     revoked_serial = 0

@@ -37,13 +37,20 @@ def test_ssh_with_user_port_and_params() -> None:
     assert uri.open_name == "qemu:///system"
 
 
+def test_tls_uri_with_libvirts_parameters() -> None:
+    uri = parse_uri("qemu+tls://h:1234/system?pkipath=/p&no_verify=1")
+    assert (uri.transport, uri.host, uri.port) == ("tls", "h", 1234)
+    assert uri.params["pkipath"] == "/p" and uri.no_verify
+    assert uri.open_name == "qemu:///system"
+    assert parse_uri("qemu://h/system").transport == "tls"  # libvirt's default with a host
+
+
 def test_unknown_params_are_passed_on() -> None:
     assert parse_uri("qemu+tcp://h/system?foo=bar").open_name == "qemu:///system?foo=bar"
 
 
 @pytest.mark.parametrize(("text", "needle"), [
-    ("qemu+tls://h/system", "TLS"),
-    ("qemu://h/system", "TLS"),
+    ("qemu+tls:///system", "needs a host"),
     ("xen:///system", "no connection driver"),
     ("qemu+tcp:///system", "needs a host"),
     ("qemu:///session", "only /system"),
