@@ -210,3 +210,36 @@ def test_client_checks_the_server_name_unless_no_verify(pki: PKI) -> None:
             conn.close()
         unchecked = virsh(misnamed + "&no_verify=1", "uri")
         assert unchecked.returncode == 0, unchecked.stderr
+
+
+# -- python3-libvirt ------------------------------------------------------------------------
+SYSTEM_PYTHON = "/usr/bin/python3"
+LIBVIRT_PROBE = """
+import sys, libvirt
+libvirt.registerErrorHandler(lambda ctx, err: None, None)
+try:
+    conn = libvirt.open(sys.argv[1])
+except libvirt.libvirtError as exc:
+    print("refused:", exc)
+    sys.exit(1)
+print("domains:", len(conn.listAllDomains()))
+conn.close()
+"""
+
+
+def python_libvirt(uri: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([SYSTEM_PYTHON, "-I", "-c", LIBVIRT_PROBE, uri], capture_output=True,
+                          text=True, timeout=VIRSH_TIMEOUT_S)  # fmt: skip
+
+
+@pytest.mark.skipif(subprocess.run([SYSTEM_PYTHON, "-I", "-c", "import libvirt"],
+                                   capture_output=True).returncode != 0,
+                    reason="needs python3-libvirt")  # fmt: skip
+def test_python3_libvirt_over_tls(pki: PKI, tls_daemon: tuple[DaemonHandle, int]) -> None:
+    _, port = tls_daemon
+    good = python_libvirt(tls_uri(port, pki.client_dir("good")))
+    assert good.returncode == 0 and "domains: 0" in good.stdout, good.stdout + good.stderr
+    for client in ("revoked", "not-allowed"):
+        refused = python_libvirt(tls_uri(port, pki.client_dir(client)))
+        assert refused.returncode == 1, refused.stdout + refused.stderr
+        assert REFUSED.search(refused.stdout), refused.stdout
