@@ -83,7 +83,7 @@ _DN_SHORT_NAMES = {
     "surname": "SN", "givenName": "GN", "initials": "initials", "pseudonym": "pseudonym",
     "generationQualifier": "generationQualifier", "dnQualifier": "dnQualifier",
 }  # fmt: skip
-_DN_SPECIAL = ',+"\\<>;='
+_DN_SPECIAL = ',+"\\<>;'  # GnuTLS leaves '=' in values as it is
 
 
 class TLSConfigError(VirtError):

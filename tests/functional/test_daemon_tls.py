@@ -75,6 +75,14 @@ def wait_log(daemon: DaemonHandle, text: str, timeout: float = 5.0) -> str:
     raise AssertionError(f"no log line with {text!r}: {daemon.daemon_log()[-3000:]}")
 
 
+@pytest.mark.skipif(shutil.which("virt-pki-query-dn") is None, reason="virt-pki-query-dn")
+def test_dn_in_the_refusal_is_what_virt_pki_query_dn_prints(pki: PKI) -> None:
+    printed = subprocess.run(["virt-pki-query-dn",
+                              str(pki.client_dir("not-allowed") / "clientcert.pem")],
+                             capture_output=True, text=True, timeout=10, check=True)
+    assert printed.stdout.strip() == NOT_ALLOWED_DN  # the DN the refusal test expects
+
+
 def test_stock_virsh_with_a_good_certificate_lists_domains(
         pki: PKI, tls_daemon: tuple[DaemonHandle, int]) -> None:
     _, port = tls_daemon
