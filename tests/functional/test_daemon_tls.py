@@ -75,7 +75,7 @@ def wait_log(daemon: DaemonHandle, text: str, timeout: float = 5.0) -> str:
     raise AssertionError(f"no log line with {text!r}: {daemon.daemon_log()[-3000:]}")
 
 
-@pytest.mark.skipif(shutil.which("virt-pki-query-dn") is None, reason="virt-pki-query-dn")
+@pytest.mark.skipif(shutil.which("virt-pki-query-dn") is None, reason="needs virt-pki-query-dn")
 def test_dn_in_the_refusal_is_what_virt_pki_query_dn_prints(pki: PKI) -> None:
     printed = subprocess.run(["virt-pki-query-dn",
                               str(pki.client_dir("not-allowed") / "clientcert.pem")],
@@ -251,3 +251,18 @@ def test_python3_libvirt_over_tls(pki: PKI, tls_daemon: tuple[DaemonHandle, int]
         refused = python_libvirt(tls_uri(port, pki.client_dir(client)))
         assert refused.returncode == 1, refused.stdout + refused.stderr
         assert REFUSED.search(refused.stdout), refused.stdout
+
+
+@pytest.mark.skipif(shutil.which("virt-admin") is None, reason="needs the stock virt-admin")
+def test_virt_admin_lists_a_tls_client_as_tls(pki: PKI, tls_daemon: tuple[DaemonHandle, int],
+                                              ) -> None:
+    daemon, port = tls_daemon
+    conn = pyvirt_client.open(tls_uri(port, pki.client_dir("good")))
+    try:
+        listed = subprocess.run(["virt-admin", "-c", daemon.admin_uri, "srv-clients-list",
+                                 "libvirtd"], capture_output=True, text=True, timeout=30)
+        assert listed.returncode == 0, listed.stderr
+        assert any(line.split()[1:2] == ["tls"] for line in listed.stdout.splitlines()
+                   if line.strip() and line.split()[0].isdigit()), listed.stdout
+    finally:
+        conn.close()
