@@ -28,7 +28,7 @@ from tests.functional.tls_pki import ALLOWED_DN_GLOB, NOT_ALLOWED_DN, PKI, make_
 
 pytestmark = pytest.mark.skipif(shutil.which("virsh") is None, reason="needs the stock virsh")
 
-HANDSHAKE_TIMEOUT_S = 2
+HANDSHAKE_TIMEOUT_S = 3
 VIRSH_TIMEOUT_S = 30
 
 
