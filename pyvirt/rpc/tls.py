@@ -134,7 +134,9 @@ def _load_pair(ctx: ssl.SSLContext, cert_file: str, key_file: str) -> None:
     _readable("certificate", cert_file)
     _readable("private key", key_file)
     try:
-        ctx.load_cert_chain(cert_file, key_file)
+        # an empty password: an encrypted key fails here instead of OpenSSL prompting on
+        # the daemon's terminal (libvirt takes no encrypted keys either)
+        ctx.load_cert_chain(cert_file, key_file, password=lambda: b"")
     except ssl.SSLError as exc:
         raise TLSConfigError(
             f"Unable to set x509 key and certificate: {key_file}, {cert_file}: {exc}"

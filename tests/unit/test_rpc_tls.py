@@ -6,15 +6,19 @@ import ssl
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives import serialization
 
 from pyvirt.rpc.tls import (
     PRIORITY_MAP,
     ServerTLS,
+    TLSConfigError,
     check_priority,
     dn_allowed,
     locate_client_pki,
+    server_tls,
     subject_dn,
 )
+from tests.functional.tls_pki import make_pki
 
 #: getpeercert()'s form of a subject, and what virt-pki-query-dn prints for that certificate
 #: (checked with certtool and virt-pki-query-dn 9.0)
@@ -77,3 +81,16 @@ def test_client_pki_search_follows_libvirt(tmp_path: Path) -> None:
     user = locate_client_pki(None, uid=1000, home=str(tmp_path))
     assert user.cert_file == str(user_dir / "clientcert.pem")
     assert user.ca_file == "/etc/pki/CA/cacert.pem"  # per file: the system CA as fallback
+
+
+def test_an_encrypted_key_is_refused_without_a_prompt(tmp_path: Path) -> None:
+    pki = make_pki(tmp_path)
+    key = serialization.load_pem_private_key(pki.server_key.read_bytes(), None)
+    encrypted = tmp_path / "encrypted.pem"
+    encrypted.write_bytes(key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.BestAvailableEncryption(b"secret")))
+    with pytest.raises(TLSConfigError, match="Unable to set x509 key and certificate"):
+        server_tls(cert_file=str(pki.server_cert), key_file=str(encrypted),
+                   ca_file=str(pki.ca), crl_file=None, verify=True, allowed_dns=None,
+                   priority="NORMAL")
