@@ -185,6 +185,20 @@ class LogWatch:
         return []
 
 
+#: what the daemon logs when it ends a connection on purpose, queued replies discarded
+DELIBERATE_DROPS = ("dropping the connection:", "no response from peer for")
+
+
+def deliberate_drops(files: list[Path]) -> int:
+    """How many connections the daemon's logs say it dropped on purpose (a limit)."""
+    count = 0
+    for path in files:
+        with contextlib.suppress(OSError):
+            text = path.read_text(errors="replace")
+            count += sum(text.count(marker) for marker in DELIBERATE_DROPS)
+    return count
+
+
 def _summaries(lines: list[str]) -> tuple[list[tuple[str, str]], int]:
     """Bad lines as (one-line summary, kind); a traceback becomes its innermost frame and
     its exception, its kind that frame's function and the exception's type. Returns how

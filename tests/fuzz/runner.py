@@ -30,7 +30,15 @@ from pyvirt.rpc.admin_protocol import ADMIN
 from pyvirt.rpc.qemu_protocol import QEMU
 from pyvirt.rpc.remote_protocol import REMOTE
 from tests.fuzz.gen import World
-from tests.fuzz.harness import FuzzTarget, LogWatch, canary_changes, fuzz_target, rss_kib, snapshot
+from tests.fuzz.harness import (
+    FuzzTarget,
+    LogWatch,
+    canary_changes,
+    deliberate_drops,
+    fuzz_target,
+    rss_kib,
+    snapshot,
+)
 from tests.fuzz.hostile import HostileCorpus
 from tests.fuzz.keeper import Keeper
 from tests.fuzz.report import FuzzReport, Latency
@@ -185,6 +193,12 @@ class _Run:
         alive = self.target.alive()
         if not alive and not self.dead:
             self._fail("the daemon died")
+        cut = len(self.stats.truncated)
+        if cut > deliberate_drops(self.target.log_files()):
+            # a packet cut short with no limit to explain it: a daemon that stopped writing
+            self._fail(f"the daemon sent a malformed packet: {self.stats.truncated[0]} "
+                       f"({cut} connections ended inside a packet, not all of them "
+                       "dropped for a logged reason)")
         changes = canary_changes(self.target.canary_before, snapshot(self.target.root))
         expected = [(program.name, spec.number, spec.name)
                     for program, spec in callable_procs(REMOTE, QEMU, ADMIN)]

@@ -86,6 +86,8 @@ class Stats:
     replies: int = 0
     unanswered: int = 0
     slow: list[str] = field(default_factory=list)
+    #: connections the daemon ended inside a packet (fine only when it said why: a limit)
+    truncated: list[str] = field(default_factory=list)
     failures: list[Failure] = field(default_factory=list)
     more_failures: int = 0
 
@@ -210,7 +212,11 @@ class Session:
             while (packet := await read_packet(self._reader)) is not None:
                 self._on_packet(packet)
         except FramingError as exc:
-            self.fail(f"the daemon sent a malformed packet: {exc}", None)
+            if str(exc).startswith("end of stream inside a packet"):
+                # dropped mid-reply; the verdict checks the daemon logged a limit for it
+                self.stats.truncated.append(f"[{self.socket_kind}] {exc}")
+            else:
+                self.fail(f"the daemon sent a malformed packet: {exc}", None)
         except (ConnectionError, OSError):
             pass
         finally:
