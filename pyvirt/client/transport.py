@@ -33,6 +33,7 @@ import shlex
 import socket
 import ssl
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from pyvirt.client.ssh_bridge import BRIDGE_SCRIPT, REMOTE_PYTHON
 from pyvirt.errors import ErrorCode, ErrorDomain, VirtError
@@ -151,14 +152,7 @@ async def _open_unix(uri: ConnectURI, readonly: bool, ssh_program: str | None) -
 async def _open_tcp(uri: ConnectURI, readonly: bool, ssh_program: str | None) -> Transport:
     host = uri.host or "localhost"
     port = uri.port or DEFAULT_TCP_PORT
-    try:
-        reader, writer = await asyncio.open_connection(host, port, limit=READER_LIMIT)
-    except socket.gaierror as exc:
-        raise TransportError(f"Unable to resolve address '{host}' service '{port}': "
-                             f"{exc.strerror}") from None  # fmt: skip
-    except OSError as exc:
-        raise TransportError(f"unable to connect to server at '{host}:{port}': "
-                             f"{_strerror(exc)}") from None  # fmt: skip
+    reader, writer = await _open_stream(host, port)
     return Transport(reader, writer, f"tcp:{host}:{port}")
 
 
@@ -167,10 +161,17 @@ async def _open_tls(uri: ConnectURI, readonly: bool, ssh_program: str | None) ->
     port = uri.port or DEFAULT_TLS_PORT
     verify = not uri.no_verify
     context = client_context(locate_client_pki(uri.params.get("pkipath")), verify=verify)
+    reader, writer = await _open_stream(host, port, ssl=context,
+                                        server_hostname=host if verify else None)
+    await _read_tls_confirmation(reader, writer)
+    return Transport(reader, writer, f"tls:{host}:{port}")
+
+
+async def _open_stream(host: str, port: int, **tls: Any,
+                       ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A TCP connection (TLS when ``tls`` holds ``ssl=``), failures in libvirt's words."""
     try:
-        reader, writer = await asyncio.open_connection(
-            host, port, limit=READER_LIMIT, ssl=context,
-            server_hostname=host if verify else None)  # fmt: skip
+        return await asyncio.open_connection(host, port, limit=READER_LIMIT, **tls)
     except ssl.SSLCertVerificationError as exc:
         raise TransportError(f"Unable to verify TLS peer: {exc.verify_message}") from None
     except ssl.SSLError as exc:
@@ -181,8 +182,6 @@ async def _open_tls(uri: ConnectURI, readonly: bool, ssh_program: str | None) ->
     except OSError as exc:
         raise TransportError(f"unable to connect to server at '{host}:{port}': "
                              f"{_strerror(exc)}") from None  # fmt: skip
-    await _read_tls_confirmation(reader, writer)
-    return Transport(reader, writer, f"tls:{host}:{port}")
 
 
 async def _read_tls_confirmation(reader: asyncio.StreamReader,

@@ -5,19 +5,19 @@ configured user and group with no supplementary groups, switched in the child be
 ``fork`` and ``exec`` (``subprocess``'s ``user``/``group``/``extra_groups``), so not one
 instruction of the emulator, not even of a custom ``<emulator>`` wrapper, runs as root.
 
-Values are names or ``+N`` numbers (libvirt's syntax for a raw uid/gid). A daemon that is
+Values are read as libvirt reads them (pyvirt.sysids: a name, else a number; ``+N`` always
+the raw id). A daemon that is
 not root cannot switch users: it runs QEMU as itself, and refuses a configured user other
 than itself rather than pretend.
 """
 
 from __future__ import annotations
 
-import grp
 import os
-import pwd
 from dataclasses import dataclass
 from typing import Any
 
+from pyvirt import sysids
 from pyvirt.errors import ConfigUnsupportedError
 
 #: the system user and group ``make setup`` creates for QEMU (``tools/setup-host.sh``)
@@ -60,29 +60,18 @@ def resolve_identity(user: str, group: str) -> QemuIdentity:
 
 
 def _resolve_user(user: str) -> int:
-    if user.startswith("+"):
-        return _numeric(user, "user")
     try:
-        return pwd.getpwnam(user).pw_uid
-    except KeyError:
+        return sysids.user_id(user)
+    except LookupError:
         raise ConfigUnsupportedError(
             f"Failed to parse user '{user}': no such user (qemu.conf 'user'; "
             f"'make setup' creates {DEFAULT_QEMU_USER})") from None
 
 
 def _resolve_group(group: str) -> int:
-    if group.startswith("+"):
-        return _numeric(group, "group")
     try:
-        return grp.getgrnam(group).gr_gid
-    except KeyError:
+        return sysids.group_id(group)
+    except LookupError:
         raise ConfigUnsupportedError(
             f"Failed to parse group '{group}': no such group (qemu.conf 'group'; "
             f"'make setup' creates {DEFAULT_QEMU_GROUP})") from None
-
-
-def _numeric(value: str, what: str) -> int:
-    digits = value[1:]
-    if not digits.isdigit() or int(digits) >= 2**32 - 1:
-        raise ConfigUnsupportedError(f"Failed to parse {what} '{value}'")
-    return int(digits)

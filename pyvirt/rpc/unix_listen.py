@@ -12,25 +12,22 @@ socket's ``0777`` would make that umask ``000``).
 from __future__ import annotations
 
 import contextlib
-import grp
 import os
 import socket
 import stat
 from pathlib import Path
 
+from pyvirt import sysids
 from pyvirt.errors import InvalidArgError, SystemError_
 
 
 def group_id(group: str) -> int:
-    """The gid of ``unix_sock_group``: a group name, else a number; ``+N`` is always the
-    number N (libvirt's rule). An unknown name stops the daemon as libvirtd does."""
-    if not group.startswith("+"):
-        with contextlib.suppress(KeyError):
-            return grp.getgrnam(group).gr_gid
-    number = group.removeprefix("+")
-    if not number.isascii() or not number.isdigit() or int(number) >= 2**32 - 1:
-        raise InvalidArgError(f"Failed to parse group '{number}'")
-    return int(number)
+    """The gid of ``unix_sock_group`` (libvirt's rule, pyvirt.sysids); an unknown name
+    stops the daemon as libvirtd does."""
+    try:
+        return sysids.group_id(group)
+    except LookupError:
+        raise InvalidArgError(f"Failed to parse group '{group.removeprefix('+')}'") from None
 
 
 def ensure_socket_dir(path: Path) -> None:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 from types import TracebackType
 
 from pyvirt.conf.domain import DiskDef
@@ -47,6 +46,7 @@ from pyvirt.qemu.migration.jobstats import job_stats
 from pyvirt.qemu.migration.params import MigrationRequest
 from pyvirt.qemu.migration.perform import PerformRun, PerformTarget
 from pyvirt.qemu.migration.phases import SourcePhase
+from pyvirt.qemu.migration.storage import under_shared_filesystems
 
 log = logging.getLogger(__name__)
 
@@ -247,17 +247,11 @@ def check_safe_storage(ctx: MigrationContext, obj: DomainObj,
         if disk.readonly or disk.device == "cdrom" or not disk.source \
                 or disk.target_dev in copied:
             continue
-        if not _on_shared_fs(disk, shared):
+        if not under_shared_filesystems(disk.source or "", shared):
             raise MigrateUnsafeError("Migration without shared storage is unsafe")
         if disk.cache not in _SAFE_CACHE and not disk.shareable:
             raise MigrateUnsafeError("Migration may lead to data corruption if disks use "
                                      "cache other than none or directsync")
-
-
-def _on_shared_fs(disk: DiskDef, shared: tuple[str, ...]) -> bool:
-    path = os.path.realpath(disk.source or "")
-    return any(path == root or path.startswith(root.rstrip("/") + "/")
-               for root in (os.path.realpath(r) for r in shared))
 
 
 def destination_xml(ctx: MigrationContext, obj: DomainObj, request: MigrationRequest) -> str:

@@ -38,8 +38,9 @@ from pyvirt.rpc.stream import Stream
 
 log = logging.getLogger(__name__)
 
-FEATURE_P2P, FEATURE_V3, FEATURE_PARAMS = (
-    DriverFeature.MIGRATION_P2P, DriverFeature.MIGRATION_V3, DriverFeature.MIGRATION_PARAMS)
+#: what a destination must support for this daemon to drive it
+P2P_FEATURES = (DriverFeature.MIGRATION_P2P, DriverFeature.MIGRATION_V3,
+                DriverFeature.MIGRATION_PARAMS)
 #: how long a source waits for a destination that vanished during Finish to come back
 OUTCOME_WAIT_S = 60.0
 #: while the disks are copied, how often the source asks whether the destination's incoming
@@ -212,7 +213,7 @@ async def connect(ctx: MigrationContext, dconnuri: str) -> AsyncConnection:
     except TimeoutError:
         raise OperationFailedError(f"Failed to connect to remote libvirt URI {dconnuri}: "
                                    f"no answer within {P2P_CONNECT_TIMEOUT_S:g} s") from None
-    for feature in (FEATURE_P2P, FEATURE_V3, FEATURE_PARAMS):
+    for feature in P2P_FEATURES:
         if not await dconn.supports_feature(feature):
             await dconn.close()
             raise OperationFailedError(
